@@ -1,0 +1,165 @@
+"""Training batches for the classroom model's stages, built straight from generated scenes.
+
+Token ids are built piecewise, which equals tokenizing the chat template's string because
+the template puts no whitespace between special tokens and text (checked in the tests).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vitdemo.classroom import scenes
+from vitdemo.classroom.model import ASSISTANT_TOKEN, END_TOKEN, IMAGE_TOKEN, USER_TOKEN
+
+IGNORE = -100  # label of tokens that carry no loss
+
+
+@dataclass(frozen=True)
+class Augment:
+    """How training images vary, so uploads of any size and quality still work."""
+
+    render_sizes: tuple[int, ...] = (64, 64, 96, 128, 160, 256)  # drawn, then resized
+    jpeg_probability: float = 0.3
+    jpeg_quality: tuple[int, int] = (30, 90)
+
+
+class BatchMaker:
+    def __init__(self, processor, rng: np.random.Generator, augment: Augment = Augment()):
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.rng = rng
+        self.augment = augment
+        tok = self.tokenizer
+        self.user_id = tok.convert_tokens_to_ids(USER_TOKEN)
+        self.assistant_id = tok.convert_tokens_to_ids(ASSISTANT_TOKEN)
+        self.end_id = tok.convert_tokens_to_ids(END_TOKEN)
+        self.image_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
+        self.pad_id = tok.pad_token_id
+        image_size = processor.image_processor.size["height"]
+        patch = processor.patch_size
+        self.n_image_tokens = (image_size // patch) ** 2  # CLS dropped
+
+    @lru_cache(maxsize=50_000)
+    def ids(self, text: str) -> tuple[int, ...]:
+        return tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    # --- images -----------------------------------------------------------------------
+    def scene(self, layout=None) -> scenes.Scene:
+        size = int(self.rng.choice(self.augment.render_sizes))
+        style = scenes.SceneStyle(supersample=2 if size <= 96 else 1)
+        return scenes.generate_scene(self.rng, size=size, style=style, layout=layout)
+
+    def pixels(self, images: list[Image.Image]) -> torch.Tensor:
+        lo, hi = self.augment.jpeg_quality
+        images = [scenes.jpeg_roundtrip(im, int(self.rng.integers(lo, hi + 1)))
+                  if self.rng.random() < self.augment.jpeg_probability else im for im in images]
+        return self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
+
+    # --- sequences --------------------------------------------------------------------
+    def _pad(self, seqs: list[list[int]], labels: list[list[int]]) -> dict[str, torch.Tensor]:
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)  # (B, T)
+        lab = torch.full((len(seqs), width), IGNORE, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, (s, l) in enumerate(zip(seqs, labels)):  # right padding for training
+            ids[i, : len(s)] = torch.tensor(s)
+            lab[i, : len(l)] = torch.tensor(l)
+            mask[i, : len(s)] = 1
+        return {"input_ids": ids, "labels": lab, "attention_mask": mask}
+
+    def dialogue(self, turns: list[tuple[str, str]], with_image: bool,
+                 context: str = "", loss_on_prompt: bool = False) -> tuple[list[int], list[int]]:
+        """ids and labels of a conversation; the image (if any) opens the first user turn."""
+        seq: list[int] = []
+        lab: list[int] = []
+        for i, (question, answer) in enumerate(turns):
+            prompt = [self.user_id]
+            if i == 0 and with_image:
+                prompt += [self.image_id] * self.n_image_tokens
+            prompt += list(self.ids((context if i == 0 else "") + question))
+            prompt += [self.end_id, self.assistant_id]
+            reply = list(self.ids(answer)) + [self.end_id]
+            seq += prompt + reply
+            lab += (prompt if loss_on_prompt else [IGNORE] * len(prompt)) + reply
+        if loss_on_prompt:  # next-token LM: do not predict the image placeholders
+            lab = [IGNORE if t == self.image_id else t for t in lab]
+        return seq, lab
+
+    def instruction_batch(self, batch_size: int, max_turns: int,
+                          form_weights: dict[str, float]) -> dict[str, torch.Tensor]:
+        """Stage 4: image + 1..max_turns questions, loss on the answers only."""
+        forms = list(form_weights)
+        probs = np.array([form_weights[f] for f in forms], dtype=float)
+        probs /= probs.sum()
+        images, seqs, labels = [], [], []
+        for _ in range(batch_size):
+            scene = self.scene()
+            n_turns = int(self.rng.integers(1, max_turns + 1))
+            turns: list[tuple[str, str]] = []
+            while len(turns) < n_turns:
+                form = str(self.rng.choice(forms, p=probs))
+                qa = scenes.question_for(scene, form, self.rng, canonical=False)
+                if qa is not None:
+                    turns.append((qa.question, qa.answer))
+            seq, lab = self.dialogue(turns, with_image=True)
+            images.append(scene.image)
+            seqs.append(seq)
+            labels.append(lab)
+        batch = self._pad(seqs, labels)
+        batch["pixel_values"] = self.pixels(images)
+        return batch
+
+    def caption_batch(self, batch_size: int) -> dict[str, torch.Tensor]:
+        """Stage 3: image -> its description (feature alignment)."""
+        images, seqs, labels = [], [], []
+        for _ in range(batch_size):
+            scene = self.scene()
+            seq, lab = self.dialogue([("Describe the image.", scenes.describe(scene))], with_image=True)
+            images.append(scene.image)
+            seqs.append(seq)
+            labels.append(lab)
+        batch = self._pad(seqs, labels)
+        batch["pixel_values"] = self.pixels(images)
+        return batch
+
+    def text_batch(self, batch_size: int, max_turns: int) -> dict[str, torch.Tensor]:
+        """Stage 2: scene text only; the description stands where the image will be."""
+        seqs, labels = [], []
+        for _ in range(batch_size):
+            scene = scenes.generate_scene(self.rng, size=24,
+                                          style=scenes.SceneStyle(supersample=1, noise_sigma=0))
+            qas = scenes.questions_for(scene, self.rng, canonical=False)
+            picks = self.rng.choice(len(qas), size=min(max_turns, len(qas)), replace=False)
+            turns = [(qas[int(i)].question, qas[int(i)].answer) for i in picks]
+            seq, lab = self.dialogue(turns, with_image=False, context=scenes.describe(scene) + ". ",
+                                     loss_on_prompt=True)
+            seqs.append(seq)
+            labels.append(lab)
+        return self._pad(seqs, labels)
+
+    def contrastive_batch(self, batch_size: int, twin_fraction: float) -> dict[str, torch.Tensor]:
+        """Stage 1: (scene, caption) pairs; twins share objects but not places (hard negatives)."""
+        images, captions = [], []
+        n_twins = int(batch_size * twin_fraction) // 2
+        for _ in range(n_twins):
+            layout = scenes.random_layout(self.rng, int(self.rng.integers(2, scenes.MAX_OBJECTS + 1)))
+            cells = [int(c) for c in self.rng.choice(9, size=len(layout), replace=False)]
+            moved = [(c, s, cell) for (c, s, _), cell in zip(layout, cells)]
+            for lay in (layout, moved):
+                scene = self.scene(lay)
+                images.append(scene.image)
+                captions.append(scenes.describe(scene))
+        while len(images) < batch_size:
+            scene = self.scene()
+            images.append(scene.image)
+            captions.append(scenes.describe(scene))
+        seqs = [list(self.ids(c)) + [self.end_id] for c in captions]
+        batch = self._pad(seqs, seqs)
+        del batch["labels"]
+        batch["pixel_values"] = self.pixels(images)
+        return batch

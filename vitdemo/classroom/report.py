@@ -1,0 +1,49 @@
+"""The full quality report of a classroom checkpoint (what `eval-classroom` prints)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from vitdemo.classroom import evaluate
+
+log = logging.getLogger(__name__)
+
+
+def load_classroom(folder: Path):
+    """Model and processor through the same Auto classes the app uses."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32)
+    processor = AutoProcessor.from_pretrained(folder)
+    return model.eval(), processor
+
+
+def load_contrastive(folder: Path):
+    from transformers import CLIPModel
+
+    return CLIPModel.from_pretrained(folder / "contrastive").eval()
+
+
+def evaluate_classroom(folder: Path, n_scenes: int = 500, seed: int | None = None,
+                       pointing: bool = True) -> dict:
+    seed = evaluate.HELD_OUT_SEED if seed is None else seed
+    start = time.time()
+    model, processor = load_classroom(folder)
+    report: dict = {"model": str(folder), "scenes": n_scenes, "seed": seed}
+    report["answers"] = evaluate.evaluate_answers(model, processor, n_scenes, seed)
+    report["zero_shot_top1"] = evaluate.evaluate_zero_shot(load_contrastive(folder), processor,
+                                                           n_scenes, seed + 1)
+    if pointing:
+        try:
+            from vitdemo.attention import pointing_game
+        except ImportError:  # attention maps not available in this build
+            log.warning("vitdemo.attention.pointing_game is missing: pointing game skipped")
+        else:
+            items = [i for i in evaluate.held_out_items(n_scenes, seed) if i.qa.target is not None]
+            report["pointing_game"] = pointing_game(model, processor, items)
+    report["seconds"] = round(time.time() - start, 1)
+    return report

@@ -1,0 +1,237 @@
+"""Build the classroom model from a seed, in the four stages of visual instruction tuning.
+
+1. contrastive pretraining of the vision encoder with a small text encoder (CLIP loss);
+2. language-model pretraining on scene text (next token);
+3. feature alignment: the projector alone learns to caption, encoder and decoder frozen;
+4. visual instruction tuning: loss on the answers only.
+
+Each stage's settings, loss curve and the model's answers to fixed examples afterwards are
+written to `training.json` beside the checkpoint, for the Learn tab.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from vitdemo.classroom import evaluate, scenes
+from vitdemo.classroom.batches import BatchMaker
+from vitdemo.classroom.model import ClassroomArchitecture, build_clip, build_llava, build_processor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StageSettings:
+    steps: int
+    batch_size: int = 32  # scenes per step
+    lr: float = 1e-3  # peak AdamW learning rate
+    warmup: int = 100  # linear warm-up steps, then cosine decay to min_lr_ratio * lr
+    min_lr_ratio: float = 0.05
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+
+
+@dataclass
+class BuildSettings:
+    seed: int = 0
+    arch: ClassroomArchitecture = field(default_factory=ClassroomArchitecture)
+    contrastive: StageSettings = field(default_factory=lambda: StageSettings(
+        steps=1200, batch_size=64, lr=2e-3, warmup=100))
+    twin_fraction: float = 0.5  # share of a contrastive batch that are same-objects/other-places pairs
+    language: StageSettings = field(default_factory=lambda: StageSettings(
+        steps=600, batch_size=32, lr=2e-3, warmup=50))
+    alignment: StageSettings = field(default_factory=lambda: StageSettings(
+        steps=500, batch_size=32, lr=2e-3, warmup=50))
+    instruction: StageSettings = field(default_factory=lambda: StageSettings(
+        steps=6000, batch_size=32, lr=1e-3, warmup=200))
+    vision_lr_scale: float = 0.3  # the encoder keeps learning in stage 4, more gently
+    max_turns: int = 3  # questions per image in one stage-4 sequence (answers all carry loss)
+    form_weights: dict[str, float] = field(default_factory=lambda: {
+        "color": 1.0, "shape": 1.0, "where": 2.0, "count": 1.0, "exists": 1.0, "describe": 1.0})
+    log_every: int = 25  # steps between loss-curve points
+    eval_every: int = 1000  # stage-4 steps between held-out checks and checkpoints
+    eval_scenes: int = 40  # held-out scenes per check during training
+    threads: int = 2
+
+
+# Fixed examples shown in the Learn tab: what the model answered after each stage.
+EXAMPLE_SEED = 777
+EXAMPLE_QUESTIONS = ("What color is the circle?", "Where is the red square?", "How many shapes are there?",
+                     "Describe the image.")
+
+
+def example_scenes() -> list[tuple[scenes.Scene, list[scenes.QA]]]:
+    rng = np.random.default_rng(EXAMPLE_SEED)
+    out = []
+    for n in (1, 2, 3):
+        scene = scenes.generate_scene(rng, size=192, n_objects=n)
+        out.append((scene, scenes.questions_for(scene, rng, canonical=True)))
+    return out
+
+
+def _lr_lambda(s: StageSettings) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < s.warmup:
+            return (step + 1) / s.warmup
+        progress = (step - s.warmup) / max(1, s.steps - s.warmup)
+        return s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+def _train(name: str, groups: list[dict], settings: StageSettings, step_fn: Callable[[], torch.Tensor],
+           log_every: int, on_step: Callable[[int], None] | None = None) -> dict:
+    params = [p for g in groups for p in g["params"]]
+    optimizer = torch.optim.AdamW(groups, lr=settings.lr, weight_decay=settings.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(settings))
+    curve: list[list[float]] = []
+    running: list[float] = []
+    start = time.time()
+    for step in range(settings.steps):
+        loss = step_fn()
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"stage {name}: loss is {loss.item()} at step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        running.append(loss.item())
+        if (step + 1) % log_every == 0 or step + 1 == settings.steps:
+            curve.append([step + 1, float(np.mean(running))])
+            running = []
+            log.info("%s step %d/%d loss %.4f (%.2f s/step)", name, step + 1, settings.steps,
+                     curve[-1][1], (time.time() - start) / (step + 1))
+        if on_step:
+            on_step(step + 1)
+    return {"name": name, "settings": asdict(settings), "curve": curve,
+            "seconds": round(time.time() - start, 1)}
+
+
+def _set_trainable(modules: Iterable[torch.nn.Module], trainable: bool) -> None:
+    for module in modules:
+        for p in module.parameters():
+            p.requires_grad_(trainable)
+
+
+def _example_answers(model, processor) -> list[dict]:
+    model.eval()
+    rows = []
+    for index, (scene, qas) in enumerate(example_scenes()):
+        answers = evaluate.answer_batch(model, processor, [scene.image] * len(qas), [q.question for q in qas])
+        rows += [{"example": index, "question": q.question, "expected": q.answer, "answer": a}
+                 for q, a in zip(qas, answers)]
+    model.train()
+    return rows
+
+
+def save_example_images(out_dir: Path) -> None:
+    folder = out_dir / "examples"
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, (scene, _) in enumerate(example_scenes()):
+        scene.image.save(folder / f"example_{index}.png")
+
+
+def build_classroom(out_dir: Path, settings: BuildSettings = BuildSettings()) -> dict:
+    """Train all four stages and save model, processor, contrastive encoders and records.
+
+    Writes into `out_dir/.building` and renames at the end, so a crash never leaves a
+    half-written model where the app looks for one.
+    """
+    torch.set_num_threads(settings.threads)
+    torch.manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    work = out_dir.parent / (out_dir.name + ".building")
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    processor = build_processor(settings.arch)
+    model = build_llava(processor, settings.arch, settings.seed)
+    clip = build_clip(processor, settings.arch, settings.seed)
+    batches = BatchMaker(processor, rng)
+    record: dict = {"settings": asdict(settings), "stages": []}
+
+    def finish_stage(result: dict) -> None:
+        result["answers_after"] = _example_answers(model, processor)
+        record["stages"].append(result)
+        (work / "training.json").write_text(json.dumps(record, indent=1))
+
+    # Stage 1: CLIP objective on (scene, caption); the vision tower is CLIP's own.
+    clip.train()
+
+    def contrastive_step() -> torch.Tensor:
+        return clip(**batches.contrastive_batch(settings.contrastive.batch_size, settings.twin_fraction),
+                    return_loss=True).loss
+
+    result = _train("contrastive", [{"params": list(clip.parameters())}], settings.contrastive,
+                    contrastive_step, settings.log_every)
+    model.model.vision_tower.load_state_dict(clip.vision_model.state_dict())
+    clip.eval()
+    result["zero_shot_top1"] = evaluate.evaluate_zero_shot(clip, processor, 100)
+    log.info("contrastive: zero-shot top-1 among 5 captions %.3f", result["zero_shot_top1"])
+    finish_stage(result)
+    clip.save_pretrained(work / "contrastive")
+
+    # Stage 2: the decoder learns scene language from text alone.
+    model.train()
+    tower, projector, decoder = (model.model.vision_tower, model.model.multi_modal_projector,
+                                 model.model.language_model)
+    _set_trainable([tower, projector], False)
+    _set_trainable([decoder, model.lm_head], True)
+    lm_params = [p for p in model.parameters() if p.requires_grad]
+    finish_stage(_train("language", [{"params": lm_params}], settings.language,
+                        lambda: model(**batches.text_batch(settings.language.batch_size, settings.max_turns)).loss,
+                        settings.log_every))
+
+    # Stage 3: only the projector moves: image features learn to speak the decoder's language.
+    _set_trainable([decoder, model.lm_head], False)
+    _set_trainable([projector], True)
+    finish_stage(_train("alignment", [{"params": list(projector.parameters())}], settings.alignment,
+                        lambda: model(**batches.caption_batch(settings.alignment.batch_size)).loss,
+                        settings.log_every))
+
+    # Stage 4: visual instruction tuning of everything, the encoder more gently.
+    _set_trainable([tower, projector, decoder, model.lm_head], True)
+    s4 = settings.instruction
+    groups = [{"params": [p for n, p in model.named_parameters() if "vision_tower" not in n]},
+              {"params": list(tower.parameters()), "lr": s4.lr * settings.vision_lr_scale}]
+    evals: list[dict] = []
+
+    def checkpoint(step: int) -> None:
+        if step % settings.eval_every and step != s4.steps:
+            return
+        model.eval()
+        scores = evaluate.evaluate_answers(model, processor, settings.eval_scenes, seed=evaluate.HELD_OUT_SEED + 7)
+        model.train()
+        evals.append({"step": step, **scores})
+        log.info("instruction step %d: held-out exact match %.3f %s", step, scores["exact_match"], scores["per_form"])
+        model.save_pretrained(work / "checkpoint")
+        processor.save_pretrained(work / "checkpoint")
+
+    result = _train("instruction", groups, s4,
+                    lambda: model(**batches.instruction_batch(s4.batch_size, settings.max_turns,
+                                                              settings.form_weights)).loss,
+                    settings.log_every, on_step=checkpoint)
+    result["held_out_during_training"] = evals
+    finish_stage(result)
+
+    model.eval()
+    shutil.rmtree(work / "checkpoint", ignore_errors=True)
+    model.save_pretrained(work)
+    processor.save_pretrained(work)
+    save_example_images(work)
+    (work / "training.json").write_text(json.dumps(record, indent=1))
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    work.rename(out_dir)
+    log.info("classroom model written to %s", out_dir)
+    return record
