@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from vitdemo.classroom import scenes
+from vitdemo.learn.contrastive import match_captions
 
 log = logging.getLogger(__name__)
 
@@ -103,28 +104,12 @@ def caption_candidates(scene: scenes.Scene, rng: np.random.Generator, n: int = 5
     return out
 
 
-@torch.inference_mode()
-def caption_scores(clip, processor, image: Image.Image, captions: list[str]) -> torch.Tensor:
-    """Softmax over captions of the contrastive similarity: (n_captions,)."""
-    tok = processor.tokenizer
-    ids = [tok(c, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for c in captions]
-    width = max(len(i) for i in ids)
-    input_ids = torch.full((len(ids), width), tok.pad_token_id, dtype=torch.long)  # (N, T)
-    mask = torch.zeros_like(input_ids)
-    for row, seq in enumerate(ids):
-        input_ids[row, : len(seq)] = torch.tensor(seq)
-        mask[row, : len(seq)] = 1
-    pixels = processor.image_processor([image], return_tensors="pt")["pixel_values"]
-    out = clip(input_ids=input_ids, attention_mask=mask, pixel_values=pixels)
-    return out.logits_per_image[0].softmax(-1)
-
-
 def evaluate_zero_shot(clip, processor, n_scenes: int, seed: int = HELD_OUT_SEED + 1) -> float:
     """Top-1 accuracy of picking the true caption among 5."""
     rng = np.random.default_rng(seed)
     hits = []
     for _ in range(n_scenes):
         scene = scenes.generate_scene(rng, size=192)
-        probs = caption_scores(clip, processor, scene.image, caption_candidates(scene, rng))
-        hits.append(int(probs.argmax()) == 0)
+        match = match_captions(clip, processor, [scene.image], caption_candidates(scene, rng))
+        hits.append(match.picked[0] == 0)
     return float(np.mean(hits))

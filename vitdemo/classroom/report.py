@@ -25,7 +25,7 @@ def load_classroom(folder: Path):
 def load_contrastive(folder: Path):
     from transformers import CLIPModel
 
-    return CLIPModel.from_pretrained(folder / "contrastive").eval()
+    return CLIPModel.from_pretrained(Path(folder) / "contrastive").eval()
 
 
 def evaluate_classroom(folder: Path, n_scenes: int = 500, seed: int | None = None,
