@@ -1,0 +1,146 @@
+"""The Engine: the one loaded model of a process, its processor, adapters and lock.
+
+Every forward pass or generate call takes `engine.lock`, so concurrent users (the UI
+queue, the attention tab, the CLI) never interleave on the shared model. Adapters are
+PEFT (LoRA) folders: loaded once, then switched on and off in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+from vitdemo.errors import BusyError, ModelLoadError
+from vitdemo.models.loading import LoadedModel, load_model, resolve_model_source
+
+logger = logging.getLogger(__name__)
+
+# Sentinel: "keep whatever adapter is active".
+KEEP = object()
+
+
+class Engine:
+    """Holds a LoadedModel, the active adapter and the lock around the model."""
+
+    def __init__(self, loaded: LoadedModel, *, lock_timeout_s: float = 600.0) -> None:
+        self.loaded = loaded
+        self.lock = threading.Lock()  # held around every forward/generate and adapter switch
+        self.lock_timeout_s = lock_timeout_s  # waiting longer than this is a BusyError
+        self._adapters: dict[str, str] = {}  # resolved path -> peft adapter name
+        self._active: str | None = None  # resolved path of the active adapter, None = base
+        self._peft: Any = None  # the PeftModel wrapper once an adapter was loaded
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> "Engine":
+        """Load the model the settings name (default model if none) and its adapter."""
+        source = resolve_model_source(settings.model, settings.home)
+        loaded = load_model(
+            source,
+            quant=settings.quant,
+            device=settings.device,
+            dtype=settings.dtype,
+            attn_implementation=settings.attn_implementation,
+            trust_remote_code=settings.trust_remote_code,
+        )
+        engine = cls(loaded)
+        if settings.adapter:
+            engine.use_adapter(settings.adapter)
+        return engine
+
+    # --- what callers use ---
+    @property
+    def model(self) -> Any:
+        """The transformers model; LoRA layers, when loaded, are injected into it in place."""
+        return self.loaded.model
+
+    @property
+    def processor(self) -> Any:
+        return self.loaded.processor
+
+    @property
+    def device(self) -> str:
+        return self.loaded.device
+
+    @property
+    def active_adapter(self) -> str | None:
+        """Folder of the adapter in use, or None for the base model."""
+        return self._active
+
+    @contextlib.contextmanager
+    def locked(self, adapter: Any = KEEP) -> Iterator[Any]:
+        """Hold the lock (BusyError after lock_timeout_s), switch adapter if asked, yield the model."""
+        if not self.lock.acquire(timeout=self.lock_timeout_s):
+            raise BusyError(f"the model has been busy for {self.lock_timeout_s:.0f}s; try again in a moment")
+        try:
+            if adapter is not KEEP:
+                self._switch(adapter)
+            yield self.model
+        finally:
+            self.lock.release()
+
+    def acquire(self, adapter: Any = KEEP) -> None:
+        """Take the lock and switch adapter, for code that releases it from another thread."""
+        if not self.lock.acquire(timeout=self.lock_timeout_s):
+            raise BusyError(f"the model has been busy for {self.lock_timeout_s:.0f}s; try again in a moment")
+        try:
+            if adapter is not KEEP:
+                self._switch(adapter)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def use_adapter(self, path: str | os.PathLike | None) -> None:
+        """Make `path` (a PEFT adapter folder) the active adapter; None = the base model."""
+        with self.locked(adapter=path):
+            pass
+
+    def describe(self) -> str:
+        """One line for logs and the UI: model, device, quantization, adapter."""
+        lm = self.loaded
+        adapter = f", adapter {self._active}" if self._active else ""
+        return f"{lm.source} on {lm.device} (quant {lm.quantized}, {lm.dtype}{adapter})"
+
+    # --- internals (called with the lock held) ---
+    def _switch(self, path: str | os.PathLike | None) -> None:
+        if path is None or str(path) == "":
+            if self._peft is not None and self._active is not None:
+                self._peft.base_model.disable_adapter_layers()
+                logger.info("adapter off: base model")
+            self._active = None
+            return
+        resolved = str(Path(path).expanduser().resolve())
+        if resolved == self._active:
+            return
+        if not (Path(resolved) / "adapter_config.json").is_file():
+            raise ModelLoadError(f"{path} is not a PEFT adapter folder (no adapter_config.json in it)")
+        try:
+            self._load_adapter(resolved)
+        except ModelLoadError:
+            raise
+        except Exception as err:  # noqa: BLE001 - peft raises many kinds
+            raise ModelLoadError(
+                f"adapter {path} does not fit model {self.loaded.source}: {str(err).splitlines()[0][:300]}"
+            ) from err
+        self._peft.set_adapter(self._adapters[resolved])
+        self._peft.base_model.enable_adapter_layers()
+        self._active = resolved
+        logger.info("adapter on: %s", resolved)
+
+    def _load_adapter(self, resolved: str) -> None:
+        if resolved in self._adapters:
+            return
+        from peft import PeftModel
+
+        name = f"a{len(self._adapters)}"
+        if self._peft is None:
+            # Wraps the model and injects LoRA layers into it in place; self.model stays
+            # the same object, so generate() on it goes through the adapter.
+            self._peft = PeftModel.from_pretrained(self.loaded.model, resolved, adapter_name=name)
+        else:
+            self._peft.load_adapter(resolved, adapter_name=name)
+        self._peft.eval()
+        self._adapters[resolved] = name
