@@ -171,7 +171,10 @@ class AttentionResult:
             "grid": [[g.rows, g.cols] for g in self.grids()],
             "boxes": [list(g.box) for g in self.grids()],
             "map_spec": DEFAULT_SPEC.describe(),
-            "maps": [[m.round(6).tolist() for m in per_image] for per_image in self.default_maps()],
+            # Per answer token: the default map of the first image (rows x cols floats) ...
+            "maps": [per_image[0].astype(float).round(6).tolist() for per_image in self.default_maps()],
+            # ... and of every image, for messages with several.
+            "maps_per_image": [[m.astype(float).round(6).tolist() for m in per_image] for per_image in self.default_maps()],
             "prompt_tokens": self.prompt_tokens,
             "architecture": self.layout.architecture,
         }
@@ -234,3 +237,10 @@ def rollout(layer_attn: list[np.ndarray], residual: float = 0.5) -> np.ndarray:
     for attn in layer_attn:
         result = rollout_step(result, attn, residual)
     return result
+
+
+def pointing_game(model: Any, processor: Any, items: Any, **kwargs: Any) -> dict[str, Any]:
+    """See vitdemo.pointing.pointing_game (re-exported here for the classroom evaluation)."""
+    from vitdemo.pointing import pointing_game as run
+
+    return run(model, processor, items, **kwargs)

@@ -234,9 +234,10 @@ def plan_capture(model: Any, inputs: Any, layout: ImageTokenLayout, max_new_toke
 
 def stream_capture(model: Any, processor: Any, inputs: Any, images: Sequence[Any], gen_kwargs: dict[str, Any],
                    settings: CaptureSettings = CaptureSettings(), stop: threading.Event | None = None,
-                   layout: ImageTokenLayout | None = None) -> Iterator[CaptureStep]:
+                   layout: ImageTokenLayout | None = None, keep_special: bool = False) -> Iterator[CaptureStep]:
     """Generate from `inputs` (batch size 1) and yield every answer token with the capture
-    so far. The caller holds the engine lock. Raises UnsupportedModelError (unknown
+    so far (special tokens such as end-of-sequence are skipped unless `keep_special`).
+    The caller holds the engine lock. Raises UnsupportedModelError (unknown
     layout), CaptureMemoryError (too large) before generating anything."""
     layout = layout or build_layout(model.config, processor, inputs, images)
     max_new = int(gen_kwargs.get("max_new_tokens", 64))
@@ -245,11 +246,11 @@ def stream_capture(model: Any, processor: Any, inputs: Any, images: Sequence[Any
     vision_modules = vision_attention_modules(model) if settings.vision else []
     text = _text_config(model.config)
     n_layers, n_heads = len(attn_modules), int(text.num_attention_heads)
-    ids = inputs["input_ids"].reshape(-1)  # (T,)
+    ids = inputs["input_ids"].reshape(-1).cpu()  # (T,)
     is_image = np.zeros(len(ids), bool)
     is_image[layout.positions] = True
     text_pos = np.nonzero(~is_image)[0]
-    device = ids.device if ids.device.type != "cpu" else next(model.parameters()).device
+    device = inputs["input_ids"].device
     img_idx = torch.as_tensor(layout.positions, device=device)
     text_idx = torch.as_tensor(text_pos, device=device)
     state = _State(n_layers, [None] * n_layers,
@@ -334,7 +335,7 @@ def stream_capture(model: Any, processor: Any, inputs: Any, images: Sequence[Any
                 elif step_index == 0 and settings.vision:
                     result.vision_error = (f"the vision encoder of {layout.architecture} does not return "
                                            "attention weights; its view is not available")
-                if token_id not in special:
+                if keep_special or token_id not in special:
                     answer_ids.append(token_id)
                     answer_tokens.append(tokenizer.decode([token_id]))
                     kept_steps.append(step_index)
@@ -373,11 +374,24 @@ def _vision_result(state: _State, layout: ImageTokenLayout) -> VisionAttention |
 
 
 def capture(model: Any, processor: Any, inputs: Any, images: Sequence[Any], gen_kwargs: dict[str, Any],
-            settings: CaptureSettings = CaptureSettings()) -> AttentionResult:
+            settings: CaptureSettings = CaptureSettings(), keep_special: bool = False) -> AttentionResult:
     """Run `stream_capture` to the end and return the result."""
     result = None
-    for step in stream_capture(model, processor, inputs, images, gen_kwargs, settings):
+    for step in stream_capture(model, processor, inputs, images, gen_kwargs, settings, keep_special=keep_special):
         result = step.result
     if result is None:
         raise GenerationError("the model produced no answer tokens, so there are no maps")
     return result
+
+
+def to_model(inputs: Any, model: Any) -> dict[str, Any]:
+    """Tensors onto the model's device; floating ones (pixels) to its compute dtype."""
+    embed = model.get_input_embeddings().weight
+    moved = {}
+    for key, value in inputs.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(embed.device)
+            if value.is_floating_point():
+                value = value.to(embed.dtype)
+        moved[key] = value
+    return moved
