@@ -109,3 +109,34 @@ def walk_through_head(model, processor, inputs: dict, layer: int, head: int, mlp
         output=output.float().numpy(), model_output=model_output.float().numpy(),
         max_abs_difference=diff, w_o_shape=tuple(attn.o_proj.weight.shape[::-1]), n_heads=n_heads,
         mlp=seen.get("mlp", {}))
+
+
+@dataclass
+class QueryView:
+    """What one query token did in the head, ready to show as small tables."""
+
+    query: int  # position of the query token
+    keys: list[int]  # the key positions it attended to most, strongest first
+    q_row: list[float]  # its query vector
+    key_rows: list[list[float]]  # the chosen keys' vectors
+    value_rows: list[list[float]]  # the chosen keys' values
+    scores: list[float]  # QK^T / sqrt(d_k) for the chosen keys
+    weights: list[float]  # softmax weights for the chosen keys (over all keys)
+    rest_weight: float  # total weight on every other key
+    output: list[float]  # the head's output at this query (over all keys)
+
+
+def query_view(walk: HeadWalkthrough, query: int, top_k: int = 5) -> QueryView:
+    T = len(walk.tokens)
+    if not -T <= query < T:
+        raise ValueError(f"query must be a token position 0..{T - 1}, got {query}")
+    query %= T
+    order = np.argsort(-walk.weights[query])[:top_k]
+    keys = [int(k) for k in order if walk.weights[query, k] > 0]
+    return QueryView(
+        query=query, keys=keys, q_row=walk.q[query].tolist(),
+        key_rows=[walk.k[k].tolist() for k in keys], value_rows=[walk.v[k].tolist() for k in keys],
+        scores=[float(walk.scores[query, k]) for k in keys],
+        weights=[float(walk.weights[query, k]) for k in keys],
+        rest_weight=float(1.0 - walk.weights[query, keys].sum()),
+        output=walk.output[query].tolist())

@@ -1,0 +1,70 @@
+"""Base model versus a fine-tuned adapter: the same question, both answers, both maps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from vitdemo.errors import InputError
+
+
+@dataclass
+class AdapterComparison:
+    question: str
+    base_answer: str
+    tuned_answer: str
+    base_map: np.ndarray  # (rows, cols) default map of the first answer token, base model
+    tuned_map: np.ndarray  # (rows, cols) the same for the tuned model
+    box: tuple[float, float, float, float]  # where the map lies on the image
+
+    @property
+    def difference(self) -> np.ndarray:
+        """tuned - base: positive where the tuned model looks more."""
+        return self.tuned_map - self.base_map
+
+
+def _answer_with_map(engine: Any, image: Image.Image, question: str, adapter: str | None):
+    from vitdemo import chat
+    from vitdemo.capture import capture, to_model
+    from vitdemo.layouts import build_layout
+
+    conversation = [chat.user_message(question, n_images=1)]
+    inputs = chat.build_inputs(engine.processor, conversation, [image])
+    layout = build_layout(engine.model.config, engine.processor, inputs, [image])
+    gen = chat.GenerationSettings(max_new_tokens=48)
+    with engine.locked(adapter=adapter) as model:
+        result = capture(model, engine.processor, to_model(inputs, model), [image], gen.generate_kwargs())
+    return result.answer.strip(), result.token_maps("answer", 0)[0], result.grids()[0].box
+
+
+def compare_adapter(engine: Any, image: Image.Image, question: str, adapter: str) -> AdapterComparison:
+    """Both answers with the default map of their first answer token (the word that decides)."""
+    if not question.strip():
+        raise InputError("type a question first")
+    if not adapter:
+        raise InputError("choose a fine-tuned adapter to compare with the base model")
+    previous = engine.active_adapter
+    try:
+        tuned_answer, tuned_map, _ = _answer_with_map(engine, image, question, adapter)
+        base_answer, base_map, box = _answer_with_map(engine, image, question, None)
+    finally:
+        if previous is not None:  # leave the engine as other users had it
+            engine.use_adapter(previous)
+    return AdapterComparison(question, base_answer, tuned_answer, base_map, tuned_map, box)
+
+
+def available_adapters(home: Any) -> list[tuple[str, str]]:
+    """(label, folder) of shipped example adapters and finished fine-tune jobs' adapters."""
+    from pathlib import Path
+
+    found: list[tuple[str, str]] = []
+    shipped = Path(__file__).resolve().parents[2] / "assets" / "adapters"
+    for config in sorted(shipped.glob("*/adapter_config.json")):
+        found.append((f"example: {config.parent.name}", str(config.parent)))
+    if home:
+        for config in sorted(Path(home).glob("jobs/*/adapter/adapter_config.json")):
+            found.append((f"job {config.parent.parent.name}", str(config.parent)))
+    return found

@@ -1,0 +1,297 @@
+"""Learn tab: visual instruction tuning explained, one section per screen, on the live model.
+
+Wiring only: every number comes from vitdemo.learn (no gradio there).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import numpy as np
+
+from vitdemo import learn
+from vitdemo.errors import VitdemoError
+from vitdemo.learn import fewshot, inside, plots, stages
+from vitdemo.learn.contrastive import match_captions
+
+log = logging.getLogger(__name__)
+
+SECTIONS = (
+    "1. Transformer inside",
+    "2. Seeing and reading together",
+    "3. Stages of visual instruction tuning",
+    "4. Before and after fine-tuning",
+    "5. Zero-shot and few-shot",
+)
+
+# Presentation mode: big type, and arrow keys / PageUp / PageDown step through the sections.
+PRESENT_JS = """
+(on) => {
+  document.body.classList.toggle('vitdemo-present', on);
+  if (!document.getElementById('vitdemo-present-style')) {
+    const style = document.createElement('style');
+    style.id = 'vitdemo-present-style';
+    style.textContent = `body.vitdemo-present #learn-tab { font-size: 1.45em; }
+      body.vitdemo-present #learn-tab .prose, body.vitdemo-present #learn-tab .prose * { font-size: 1.35rem !important; line-height: 1.5; }
+      body.vitdemo-present #learn-tab button { font-size: 1.2rem; }`;
+    document.head.appendChild(style);
+  }
+  if (!window.vitdemoKeys) {
+    window.vitdemoKeys = true;
+    document.addEventListener('keydown', (e) => {
+      if (!document.body.classList.contains('vitdemo-present')) return;
+      const tag = (e.target.tagName || '').toLowerCase();
+      if (tag === 'input' || tag === 'textarea') return;
+      const id = (e.key === 'ArrowRight' || e.key === 'PageDown') ? 'learn-next'
+               : (e.key === 'ArrowLeft' || e.key === 'PageUp') ? 'learn-prev' : null;
+      if (id) { document.getElementById(id)?.click(); e.preventDefault(); }
+    });
+  }
+  return on;
+}
+"""
+
+
+def _example_paths(engine: Any) -> list[str]:
+    folder = Path(str(engine.loaded.source)) / "examples"
+    paths = sorted(folder.glob("*.png")) if folder.is_dir() else []
+    if not paths:
+        paths = sorted((Path(__file__).resolve().parents[2] / "assets" / "examples").glob("*.png"))
+    return [str(p) for p in paths]
+
+
+def _open(path: str | None):
+    from vitdemo.images import open_image
+
+    if not path:
+        raise gr.Error("Pick or upload an image first.")
+    try:
+        return open_image(path)
+    except VitdemoError as err:
+        raise gr.Error(str(err)) from err
+
+
+def _prompt_inputs(engine: Any, image, question: str) -> dict:
+    from vitdemo import chat
+
+    conversation = [chat.user_message(question, n_images=1)]
+    return dict(chat.build_inputs(engine.processor, conversation, [image]))
+
+
+def _fmt(values: list[float], n: int = 8) -> str:
+    shown = ", ".join(f"{v:+.2f}" for v in values[:n])
+    return f"[{shown}{', ...' if len(values) > n else ''}]"
+
+
+# --- section logic (thin: gather, call vitdemo.learn, format) ---------------------------
+
+def _inside(engine: Any, image_path: str, question: str, layer: int, head: int, query: int | None):
+    image = _open(image_path)
+    if not question.strip():
+        raise gr.Error("Type a question first.")
+    try:
+        with engine.locked() as model:
+            walk = inside.walk_through_head(model, engine.processor, _prompt_inputs(engine, image, question),
+                                            int(layer), int(head))
+    except VitdemoError as err:
+        raise gr.Error(str(err)) from err
+    T = len(walk.tokens)
+    query = T - 1 if query is None or not 0 <= int(query) < T else int(query)
+    view = inside.query_view(walk, query)
+    d_k = walk.q.shape[1]
+    key_table = [[k, repr(walk.tokens[k]), _fmt(kr), round(s, 3), round(w, 3), _fmt(vr)]
+                 for k, kr, s, w, vr in zip(view.keys, view.key_rows, view.scores, view.weights, view.value_rows)]
+    text_queries = [i for i, t in enumerate(walk.tokens) if t != "<image>"][-6:]
+    picture = plots.attention_rows(walk, text_queries, sorted(set(view.keys) | set(text_queries)))
+    md = (
+        f"**Layer {walk.layer}, head {walk.head} of {walk.n_heads}**, d_k = {d_k}, {T} tokens "
+        f"(image tokens included).\n\n"
+        f"Query token **{walk.tokens[query]!r}** (position {query}): q = {_fmt(view.q_row)}\n\n"
+        f"1. score(q, k) = q · k / sqrt({d_k}) for every earlier token (later ones are masked: causal).\n"
+        f"2. softmax turns scores into weights that sum to 1: the top {len(view.keys)} keys below take "
+        f"{sum(view.weights):.1%}, the other {T - len(view.keys)} tokens {view.rest_weight:.1%}.\n"
+        f"3. the head's output is the weighted sum of the values: {_fmt(view.output)}\n"
+        f"4. all {walk.n_heads} heads' outputs are concatenated ({walk.n_heads} x {d_k} = "
+        f"{walk.n_heads * d_k}) and multiplied by W^O ({walk.w_o_shape[0]} x {walk.w_o_shape[1]}).\n\n"
+        f"**Check:** recomputed from these Q, K, V, the head's output differs from what the model "
+        f"passed to W^O by at most **{walk.max_abs_difference:.1e}**: these are the model's own numbers."
+    )
+    mlp = walk.mlp
+    if mlp:
+        md += (f"\n\n**Feed-forward block** at the last token: {mlp['hidden']} numbers in, "
+               f"{mlp['intermediate']} hidden units (SwiGLU), {mlp['hidden']} out; input norm "
+               f"{mlp['input_norm']:.2f}, output norm {mlp['output_norm']:.2f}; strongest units "
+               f"{', '.join(f'#{u} ({v:+.2f})' for u, v in zip(mlp['top_units'][:5], mlp['top_values'][:5]))}.")
+    choices = [(f"{i}: {t!r}", i) for i, t in enumerate(walk.tokens) if t != "<image>" or i == query]
+    return md, picture, key_table, gr.update(choices=choices, value=query)
+
+
+def _contrastive(engine: Any, image_path: str, captions_text: str):
+    image = _open(image_path)
+    captions = [c.strip() for c in captions_text.splitlines() if c.strip()]
+    if len(captions) < 2:
+        raise gr.Error("Give at least two captions, one per line, so the model has a choice.")
+    try:
+        folder = learn.classroom_folder(engine)
+        match = match_captions(learn.contrastive_model(folder), engine.processor, [image], captions[:12])
+    except VitdemoError as err:
+        raise gr.Error(str(err)) from err
+    picked = match.captions[match.picked[0]]
+    md = (f"The encoders pick **{picked}** (probability {match.probs[0][match.picked[0]]:.2f}). "
+          f"Each caption's score is the cosine similarity of the image and text embeddings divided by "
+          f"the learned temperature tau = {match.temperature:.3f}, then a softmax over the captions.")
+    return md, plots.caption_similarity(match)
+
+
+def _suggest_captions(engine: Any, image_path: str) -> str:
+    from vitdemo import chat
+    from vitdemo.classroom import scenes
+
+    image = _open(image_path)
+    try:
+        described = chat.answer(engine, [chat.user_message("Describe the image.", n_images=1)], [image])
+    except VitdemoError as err:
+        raise gr.Error(str(err)) from err
+    rng = np.random.default_rng(abs(hash(described)) % 2**32)
+    others = [scenes.describe(scenes.generate_scene(rng, size=24, style=scenes.SceneStyle(supersample=1)))
+              for _ in range(4)]
+    return "\n".join([described, *others])
+
+
+def _stage_view(engine: Any, example: int):
+    try:
+        records = stages.load_stages(learn.classroom_folder(engine))
+    except VitdemoError as err:
+        raise gr.Error(str(err)) from err
+    notes = "\n".join(f"{i}. **{r.name}** ({r.seconds / 60:.1f} min): {r.note}" for i, r in enumerate(records, 1))
+    rows = [[r.name, a["question"], a["expected"], a["answer"], "yes" if a["answer"] == a["expected"] else "no"]
+            for r in records for a in r.answers_after if a["example"] == int(example)]
+    return notes, plots.loss_curves(records), rows
+
+
+def _shots(engine: Any, image_path: str, question: str, examples_text: str):
+    image = _open(image_path)
+    try:
+        result = fewshot.compare_shots(engine, image, question, fewshot.parse_examples(examples_text))
+    except VitdemoError as err:
+        raise gr.Error(str(err)) from err
+    note = ("The examples changed the answer." if result.zero_shot != result.few_shot else
+            "The examples did not change the answer: a model this small learned fixed question forms and "
+            "barely learns from examples in its prompt. Fine-tuning (section 4) is how it learns new things.")
+    return result.zero_shot, result.few_shot, note
+
+
+# --- layout and wiring ------------------------------------------------------------------
+
+def create_learn_tab(engine: Any, settings: Any = None) -> None:
+    examples = _example_paths(engine)
+    first = examples[0] if examples else None
+    text_cfg = engine.model.config.get_text_config()
+    n_layers = int(getattr(text_cfg, "num_hidden_layers", 1))
+    n_heads = int(getattr(text_cfg, "num_attention_heads", 1))
+
+    with gr.Column(elem_id="learn-tab"):
+        with gr.Row():
+            prev_btn = gr.Button("< Previous", elem_id="learn-prev", scale=0)
+            section = gr.Radio(list(SECTIONS), value=SECTIONS[0], show_label=False, scale=4)
+            next_btn = gr.Button("Next >", elem_id="learn-next", scale=0)
+            present = gr.Checkbox(label="Presentation mode (big type, arrow keys)", value=False, scale=1)
+        columns = []
+
+        with gr.Column(visible=True) as col:
+            columns.append(col)
+            gr.Markdown("### 1. Transformer inside\nPick an image, a question, a layer and a head of the "
+                        "language model: see the queries, keys and values it really computed, the scores, "
+                        "the softmax and the weighted sum.")
+            with gr.Row():
+                in_image = gr.Image(value=first, type="filepath", label="Image", height=220, sources=["upload", "clipboard"])
+                with gr.Column():
+                    in_question = gr.Textbox(value="What color is the circle?", label="Question")
+                    in_layer = gr.Slider(0, n_layers - 1, value=n_layers - 1, step=1, label="Layer")
+                    in_head = gr.Slider(0, n_heads - 1, value=0, step=1, label="Head")
+                    in_query = gr.Dropdown(choices=[], value=None, label="Query token (default: the last)",
+                                           allow_custom_value=False)
+                    in_run = gr.Button("Open the head", variant="primary")
+            if examples:
+                gr.Examples(examples=[[p] for p in examples], inputs=[in_image], label="Example images")
+            in_md = gr.Markdown()
+            with gr.Row():
+                in_plot = gr.Image(label="Softmax weights: question tokens (rows) over keys", type="pil")
+                in_keys = gr.Dataframe(headers=["position", "key token", "k", "score", "weight", "v"],
+                                       label="Strongest keys of the query token", wrap=True)
+            run_inside = dict(fn=lambda *a: _inside(engine, *a),
+                              inputs=[in_image, in_question, in_layer, in_head, in_query],
+                              outputs=[in_md, in_plot, in_keys, in_query])
+            in_run.click(**run_inside)
+            in_query.select(**run_inside)
+
+        with gr.Column(visible=False) as col:
+            columns.append(col)
+            gr.Markdown("### 2. Seeing and reading together (contrastive pretraining)\nAn image encoder and a "
+                        "text encoder were trained so that a scene and its caption land close together. "
+                        "With no question-answer training at all, they can already pick the right caption.")
+            with gr.Row():
+                ct_image = gr.Image(value=first, type="filepath", label="Image", height=220, sources=["upload", "clipboard"])
+                with gr.Column():
+                    ct_captions = gr.Textbox(lines=5, label="Captions, one per line")
+                    with gr.Row():
+                        ct_suggest = gr.Button("Suggest captions")
+                        ct_run = gr.Button("Match", variant="primary")
+            ct_md = gr.Markdown()
+            ct_plot = gr.Image(label="Which caption fits?", type="pil")
+            ct_suggest.click(lambda p: _suggest_captions(engine, p), [ct_image], [ct_captions])
+            ct_run.click(lambda p, c: _contrastive(engine, p, c), [ct_image, ct_captions], [ct_md, ct_plot])
+
+        with gr.Column(visible=False) as col:
+            columns.append(col)
+            gr.Markdown("### 3. Stages of visual instruction tuning\nThe classroom model was built in four "
+                        "stages. The curves are its real training losses; the table shows what it answered "
+                        "after each stage.")
+            st_example = gr.Dropdown(choices=[(f"Example {i + 1}", i) for i in range(len(examples))] or [("Example 1", 0)],
+                                     value=0, label="Example image")
+            st_notes = gr.Markdown()
+            st_plot = gr.Image(label="Training loss per stage", type="pil")
+            st_table = gr.Dataframe(headers=["after stage", "question", "expected", "answer", "right"],
+                                    label="Answers after each stage", wrap=True)
+            st_show = gr.Button("Show the stages", variant="primary")
+            st_show.click(lambda e: _stage_view(engine, e), [st_example], [st_notes, st_plot, st_table])
+            st_example.change(lambda e: _stage_view(engine, e), [st_example], [st_notes, st_plot, st_table])
+
+        with gr.Column(visible=False) as col:
+            columns.append(col)
+            gr.Markdown("### 4. Before and after fine-tuning\nThe same question to the base model and to a "
+                        "fine-tuned adapter, and how the attention map moved.")
+            from vitdemo.ui import learn_compare
+
+            learn_compare.create_compare_section(engine, getattr(settings, "home", None), first)
+
+        with gr.Column(visible=False) as col:
+            columns.append(col)
+            gr.Markdown("### 5. Zero-shot and few-shot\nAsk something phrased in a way the model never saw, "
+                        "alone (zero-shot) and after a few worked examples in the conversation (few-shot).")
+            with gr.Row():
+                fs_image = gr.Image(value=first, type="filepath", label="Image", height=220, sources=["upload", "clipboard"])
+                with gr.Column():
+                    fs_question = gr.Textbox(value="Which colour does the circle have?", label="Question")
+                    fs_examples = gr.Textbox(lines=3, label="Worked examples (question => answer)",
+                                             value="What color is the circle? => red\nWhat color is the square? => blue")
+                    fs_run = gr.Button("Compare", variant="primary")
+            with gr.Row():
+                fs_zero = gr.Textbox(label="Zero-shot answer")
+                fs_few = gr.Textbox(label="Few-shot answer")
+            fs_note = gr.Markdown()
+            fs_run.click(lambda *a: _shots(engine, *a), [fs_image, fs_question, fs_examples], [fs_zero, fs_few, fs_note])
+
+    def show(name: str):
+        return [gr.update(visible=(name == s)) for s in SECTIONS]
+
+    def step(name: str, delta: int) -> str:
+        return SECTIONS[(SECTIONS.index(name) + delta) % len(SECTIONS)]
+
+    section.change(show, [section], columns)
+    prev_btn.click(lambda s: step(s, -1), [section], [section])
+    next_btn.click(lambda s: step(s, +1), [section], [section])
+    present.change(None, [present], [present], js=PRESENT_JS)

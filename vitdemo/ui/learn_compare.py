@@ -1,0 +1,55 @@
+"""Learn section 4: base versus fine-tuned, answers and attention maps side by side."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from vitdemo.errors import VitdemoError
+from vitdemo.learn.compare import available_adapters, compare_adapter
+
+
+def _run(engine: Any, image_path: str | None, question: str, adapter: str | None, cmap: str):
+    from vitdemo.attend import View, render_map
+    from vitdemo.images import open_image
+
+    if not image_path:
+        raise gr.Error("Pick or upload an image first.")
+    try:
+        image = open_image(image_path)
+        result = compare_adapter(engine, image, question, adapter or "")
+    except VitdemoError as err:
+        raise gr.Error(str(err)) from err
+    view = View(cmap=cmap)
+    diff = result.difference
+    return (result.base_answer, result.tuned_answer,
+            render_map(image, result.base_map, result.box, view, "base attention"),
+            render_map(image, result.tuned_map, result.box, view, "tuned attention"),
+            render_map(image, diff, result.box, View(cmap="coolwarm"), "tuned - base"))
+
+
+def create_compare_section(engine: Any, home: Any, first_image: str | None) -> None:
+    def adapters():
+        return available_adapters(home)
+
+    with gr.Row():
+        image = gr.Image(value=first_image, type="filepath", label="Image", height=220, sources=["upload", "clipboard"])
+        with gr.Column():
+            question = gr.Textbox(value="What color is the circle? Answer in Chinese.", label="Question")
+            choices = adapters()
+            adapter = gr.Dropdown(choices=choices, value=choices[0][1] if choices else None,
+                                  label="Fine-tuned adapter (shipped examples and your finished jobs)")
+            refresh = gr.Button("Refresh the list", size="sm")
+            cmap = gr.Dropdown(["jet", "viridis", "inferno", "magma"], value="jet", label="Colormap")
+            run = gr.Button("Compare", variant="primary")
+    with gr.Row():
+        base_answer = gr.Textbox(label="Base model answers")
+        tuned_answer = gr.Textbox(label="Fine-tuned model answers")
+    with gr.Row():
+        base_map = gr.Image(label="Base: where the first answer word looked", type="pil")
+        tuned_map = gr.Image(label="Fine-tuned: where it looked", type="pil")
+        diff_map = gr.Image(label="Difference (red: more, blue: less)", type="pil")
+    refresh.click(lambda: gr.update(choices=adapters()), None, [adapter])
+    run.click(lambda *a: _run(engine, *a), [image, question, adapter, cmap],
+              [base_answer, tuned_answer, base_map, tuned_map, diff_map])
