@@ -94,10 +94,15 @@ class View:
     opacity: float = 0.5  # of the heatmap over the image
     smooth: bool = False  # bilinear instead of one flat colour per cell
     colorbar: bool = True  # a colour bar with the value range under the picture
+    min_side: int = 0  # enlarge smaller images to this many pixels on the long side (screens)
 
 
 def render_map(image: Image.Image, grid_map: np.ndarray, box: tuple[float, float, float, float],
                view: View = View(), label: str = "attention") -> Image.Image:
+    scale = view.min_side / max(image.size) if view.min_side and max(image.size) < view.min_side else 1.0
+    if scale != 1.0:
+        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.LANCZOS)
+        box = (box[0] * scale, box[1] * scale, box[2] * scale, box[3] * scale)
     pic = heatmaps.overlay(image, grid_map, box, cmap=view.cmap, opacity=view.opacity, smooth=view.smooth)
     if view.colorbar:
         lo, hi = float(np.min(grid_map)), float(np.max(grid_map))

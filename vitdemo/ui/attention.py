@@ -1,0 +1,188 @@
+"""The "How it sees" tab: ask about an image and watch where each word looks.
+
+Wiring only: the logic is in vitdemo.attend (answer with maps) and
+vitdemo.attention_view (what to draw for a selection).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import gradio as gr
+
+from vitdemo import attention_view as av
+from vitdemo.attend import View, stream_with_maps
+from vitdemo.errors import VitdemoError
+from vitdemo.heatmaps import COLORMAPS, DEFAULT_COLORMAP
+
+log = logging.getLogger(__name__)
+
+SPAN_COLORS = {"selected": "#ff9f1c"}
+
+
+def create_attention_tab(engine: Any, settings: Any = None) -> dict[str, Any]:
+    """Build the tab's components inside the current Blocks context; returns them by name."""
+    max_new_default = min(64, int(getattr(settings, "max_new_tokens", 64) or 64))
+    session = gr.State(av.AttentionSession())
+    gr.Markdown("Ask about an image. Each word's attention map appears as it is written; "
+                "click any word of the answer or the question to see where it looked.")
+    with gr.Row():
+        with gr.Column(scale=1):
+            image = gr.Image(type="pil", label="Image", elem_id="attn-image", height=260)
+            image2 = gr.Image(type="pil", label="Second image (optional)", height=120)
+            question = gr.Textbox(label="Question", placeholder="What colour is the circle?",
+                                  elem_id="attn-question")
+            with gr.Row():
+                ask = gr.Button("Ask", variant="primary", elem_id="attn-ask")
+                stop = gr.Button("Stop")
+            max_new = gr.Slider(1, 256, value=max_new_default, step=1, label="Max new tokens")
+        with gr.Column(scale=2):
+            status = gr.Markdown(elem_id="attn-status")
+            answer = gr.HighlightedText(label="Answer (click a word)", color_map=SPAN_COLORS,
+                                        show_inline_category=False, elem_id="attn-answer")
+            prompt = gr.HighlightedText(label="Question tokens (click a word)", color_map=SPAN_COLORS,
+                                        show_inline_category=False, elem_id="attn-prompt")
+            caption = gr.Markdown(elem_id="attn-caption")
+            overlay = gr.Image(label="Where it looked", type="pil", interactive=False, elem_id="attn-overlay",
+                               height=360)
+    with gr.Row():
+        layer = gr.Dropdown([av.ALL_LAYERS], value=av.ALL_LAYERS, label="Layer")
+        head = gr.Dropdown([av.ALL_HEADS], value=av.ALL_HEADS, label="Head")
+        which = gr.Dropdown(["image 1"], value="image 1", label="Image")
+        cmap = gr.Dropdown(list(COLORMAPS), value=DEFAULT_COLORMAP, label="Colormap")
+        opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Opacity")
+        smooth = gr.Checkbox(False, label="Smooth")
+    with gr.Accordion("All heads of the selected layer", open=False):
+        heads_img = gr.Image(type="pil", interactive=False, show_label=False)
+    with gr.Accordion("Image attention share (layer x head): click a cell", open=False):
+        share_img = gr.Image(type="pil", interactive=False, show_label=False, elem_id="attn-share")
+    with gr.Accordion("Vision encoder: attention and rollout", open=False):
+        with gr.Row():
+            v_mode = gr.Radio(["attention", "rollout"], value="rollout", label="View")
+            v_query = gr.Radio(["cls", "mean"], value="cls", label="Query")
+            v_layer = gr.Dropdown([av.ALL_LAYERS], value=av.ALL_LAYERS, label="Encoder layer")
+            v_head = gr.Dropdown([av.ALL_HEADS], value=av.ALL_HEADS, label="Encoder head")
+        vision_img = gr.Image(type="pil", interactive=False, show_label=False)
+    with gr.Accordion("Download maps (PNG, .npz, JSON)", open=False):
+        prepare = gr.Button("Prepare files")
+        files = gr.File(file_count="multiple", interactive=False)
+
+    def _view(cmap_v: str, opacity_v: float, smooth_v: bool) -> View:
+        return View(cmap=cmap_v, opacity=float(opacity_v), smooth=bool(smooth_v), min_side=384)
+
+    def _image_index(choice: str | None) -> int:
+        return max(0, int(choice.split()[-1]) - 1) if choice else 0
+
+    def _safe(fn, *args, default=None):
+        try:
+            return fn(*args)
+        except VitdemoError as err:
+            log.info("attention view: %s", err)
+            return default
+
+    def _main(s: av.AttentionSession, layer_v, head_v, which_v, cmap_v, opacity_v, smooth_v):
+        view = _view(cmap_v, opacity_v, smooth_v)
+        pic = _safe(av.token_picture, s, layer_v, head_v, _image_index(which_v), view)
+        text = _safe(av.token_caption, s, layer_v, head_v, default="")
+        return pic, text
+
+    def _extras(s, layer_v, which_v, cmap_v, opacity_v, smooth_v, v_mode_v, v_layer_v, v_head_v, v_query_v):
+        view = _view(cmap_v, opacity_v, smooth_v)
+        idx = _image_index(which_v)
+        heads_pic = _safe(av.heads_picture, s, layer_v, idx, view)
+        share = _safe(av.share_picture, s)
+        vision = _safe(av.vision_picture, s, v_mode_v, v_layer_v, v_head_v, v_query_v, idx, view)
+        return heads_pic, None if share is None else share[0], vision
+
+    def _spans(s: av.AttentionSession):
+        r = s.result
+        if r is None:
+            return None, None
+        return (av.token_spans(r.answer_tokens, s.index if s.kind == "answer" else None),
+                av.token_spans(r.prompt_tokens, s.index if s.kind == "prompt" else None))
+
+    def on_ask(img, img2, q, max_new_v, layer_v, head_v, which_v, cmap_v, opacity_v, smooth_v):
+        from vitdemo.chat import GenerationSettings
+
+        images = [i for i in (img, img2) if i is not None]
+        if not images:
+            raise gr.Error("Upload an image first.")
+        if not (q or "").strip():
+            raise gr.Error("Type a question.")
+        s = av.AttentionSession(images=[i.convert("RGB") for i in images])
+        content = [{"type": "image"} for _ in images] + [{"type": "text", "text": q}]
+        gen = GenerationSettings(max_new_tokens=int(max_new_v))
+        try:
+            for event in stream_with_maps(engine, [{"role": "user", "content": content}], s.images, gen):
+                s.result, s.notice, s.kind, s.index = event.result, event.notice, "answer", -1
+                if event.result is None:
+                    yield (s, f"**No attention maps:** {event.notice}", [(event.text, None)], None, None, "",
+                           gr.update(), gr.update(), gr.update())
+                    continue
+                pic, text = _main(s, layer_v, head_v, which_v, cmap_v, opacity_v, smooth_v)
+                ans, prm = _spans(s)
+                yield (s, "Answering…", ans, prm, pic, text, gr.update(), gr.update(), gr.update())
+        except VitdemoError as err:
+            raise gr.Error(str(err)) from None
+        r = s.result
+        if r is None:
+            return
+        names = [f"image {i + 1}" for i in range(len(s.images))]
+        done = "Done. Click a word to see its map." + (f" ({r.vision_error})" if r.vision_error else "")
+        ans, prm = _spans(s)
+        pic, text = _main(s, layer_v, head_v, which_v, cmap_v, opacity_v, smooth_v)
+        yield (s, done, ans, prm, pic, text,
+               gr.update(choices=av.layer_choices(r.n_layers), value=layer_v if layer_v in av.layer_choices(r.n_layers) else av.ALL_LAYERS),
+               gr.update(choices=av.head_choices(r.n_heads), value=head_v if head_v in av.head_choices(r.n_heads) else av.ALL_HEADS),
+               gr.update(choices=names, value=which_v if which_v in names else names[0]))
+
+    def on_select(kind: str):
+        def handler(s: av.AttentionSession, layer_v, head_v, which_v, cmap_v, opacity_v, smooth_v,
+                    evt: gr.SelectData):
+            s.kind, s.index = kind, int(evt.index)  # type: ignore[assignment]
+            ans, prm = _spans(s)
+            pic, text = _main(s, layer_v, head_v, which_v, cmap_v, opacity_v, smooth_v)
+            return s, ans, prm, pic, text
+        return handler
+
+    def on_share_click(s: av.AttentionSession, which_v, cmap_v, opacity_v, smooth_v, evt: gr.SelectData):
+        x, y = evt.index
+        hit = _safe(av.share_click, s, x, y)
+        if hit is None:
+            return gr.update(), gr.update(), gr.update(), gr.update()
+        pic, text = _main(s, hit[0], hit[1], which_v, cmap_v, opacity_v, smooth_v)
+        return hit[0], hit[1], pic, text
+
+    def on_vision_choices(s: av.AttentionSession):
+        layers, heads = av.vision_choices(s)
+        return gr.update(choices=layers, value=av.ALL_LAYERS), gr.update(choices=heads, value=av.ALL_HEADS)
+
+    def on_prepare(s, cmap_v, opacity_v, smooth_v):
+        try:
+            return av.downloads(s, _view(cmap_v, opacity_v, smooth_v))
+        except VitdemoError as err:
+            raise gr.Error(str(err)) from None
+
+    controls = [layer, head, which, cmap, opacity, smooth]
+    extras_in = [session, layer, which, cmap, opacity, smooth, v_mode, v_layer, v_head, v_query]
+    extras_out = [heads_img, share_img, vision_img]
+    run = ask.click(on_ask, [image, image2, question, max_new, *controls],
+                    [session, status, answer, prompt, overlay, caption, layer, head, which])
+    run.then(on_vision_choices, [session], [v_layer, v_head]).then(_extras, extras_in, extras_out)
+    submitted = question.submit(on_ask, [image, image2, question, max_new, *controls],
+                                [session, status, answer, prompt, overlay, caption, layer, head, which])
+    submitted.then(on_vision_choices, [session], [v_layer, v_head]).then(_extras, extras_in, extras_out)
+    stop.click(None, cancels=[run, submitted])
+    answer.select(on_select("answer"), [session, *controls], [session, answer, prompt, overlay, caption]) \
+        .then(_extras, extras_in, extras_out)
+    prompt.select(on_select("prompt"), [session, *controls], [session, answer, prompt, overlay, caption]) \
+        .then(_extras, extras_in, extras_out)
+    for control in controls:
+        control.change(_main, [session, *controls], [overlay, caption]).then(_extras, extras_in, extras_out)
+    for control in (v_mode, v_layer, v_head, v_query):
+        control.change(_extras, extras_in, extras_out)
+    share_img.select(on_share_click, [session, which, cmap, opacity, smooth], [layer, head, overlay, caption])
+    prepare.click(on_prepare, [session, cmap, opacity, smooth], [files])
+    return {"image": image, "question": question, "ask": ask, "answer": answer, "prompt": prompt,
+            "overlay": overlay, "layer": layer, "head": head, "share": share_img, "files": files}
