@@ -78,6 +78,10 @@ class AnswerStats:
 
 def open_image(src: Any, max_pixels: int | None = None):
     """Sanitised RGB PIL image via vitdemo.data.open_image, or a private fallback until it lands."""
+    from PIL import Image
+
+    if isinstance(src, Image.Image):
+        return _open_image_fallback(src, max_pixels)
     try:
         from vitdemo.data import open_image as data_open_image
     except ImportError:

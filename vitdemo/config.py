@@ -106,6 +106,11 @@ class Settings:
             raw = env.get(f"VITDEMO_{f.name.upper()}")
             if raw is not None and raw != "":
                 values[f.name] = _parse(f.name, raw, _field_kind(f))
+        # Hugging Face Spaces (and other hosts) say where to bind through Gradio's own vars.
+        if "host" not in values and env.get("GRADIO_SERVER_NAME"):
+            values["host"] = env["GRADIO_SERVER_NAME"]
+        if "port" not in values and env.get("GRADIO_SERVER_PORT"):
+            values["port"] = _parse("port", env["GRADIO_SERVER_PORT"], "int")
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
@@ -174,3 +179,25 @@ def add_arguments(parser: argparse.ArgumentParser, *, server: bool = True) -> No
     s.add_argument("--max-image-pixels", dest="max_image_pixels", type=int,
                    help="largest image in pixels (default 16777216)")
     s.add_argument("--max-upload-mb", dest="max_upload_mb", type=int, help="largest upload in MB (default 20)")
+
+
+# Third-party loggers that print noise a user cannot act on (bitsandbytes' optional CPU
+# kernel download hint, per-weight loading bars).
+_QUIET_LOGGERS = ("bitsandbytes", "httpx", "transformers.modeling_utils")
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Log to stderr: INFO for vitdemo when verbose, WARNING otherwise; quiet noisy libraries."""
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("vitdemo").setLevel(level)
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # transformers missing: load_model reports it properly later
+        return
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()

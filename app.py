@@ -1,0 +1,38 @@
+"""Entry point: `python app.py [flags]` launches the app; Hugging Face Spaces imports `demo`.
+
+Flags are those of `python -m vitdemo serve` (see --help); VITDEMO_* env vars work too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from vitdemo.config import Settings, add_arguments, setup_logging
+
+
+def _settings(argv: list[str]) -> Settings:
+    parser = argparse.ArgumentParser(prog="python app.py", description="vitdemo web app")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    setup_logging(verbose=args.verbose)
+    return Settings.from_args(args)
+
+
+if __name__ == "__main__":
+    from vitdemo.errors import VitdemoError
+    from vitdemo.ui.app import build_ui, launch
+
+    try:
+        settings = _settings(sys.argv[1:])
+        launch(build_ui(settings), settings)
+    except VitdemoError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+else:
+    # Imported by Spaces (or `gradio app.py`): settings from env vars only.
+    from vitdemo.ui.app import build_ui
+
+    setup_logging()
+    demo = build_ui(Settings.from_env())

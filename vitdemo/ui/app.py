@@ -1,0 +1,105 @@
+"""build_ui(): the Gradio Blocks app: a header, the Chat tab, and the optional tabs.
+
+Other tabs live in their own modules and are added here from an explicit list; each
+module exposes `create_<name>_tab(engine, settings)`, called inside a gr.Tab. A module
+that does not exist yet is skipped; one that fails to import shows its error in its tab.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from typing import Any
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr  # noqa: E402
+
+from vitdemo.config import Settings  # noqa: E402
+from vitdemo.engine import Engine  # noqa: E402
+from vitdemo.models.fallback import FALLBACK_DIRNAME  # noqa: E402
+from vitdemo.ui.chat import create_chat_tab  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+# (module name under vitdemo.ui, tab label), in the order the tabs appear.
+OPTIONAL_TABS: tuple[tuple[str, str], ...] = (
+    ("attention", "Attention"),
+    ("finetune", "Fine-tune"),
+    ("learn", "Learn"),
+)
+
+CSS = """
+#vitdemo-chatbot img { max-height: 220px; width: auto; }
+footer { display: none !important; }
+"""
+
+
+def _header(engine: Engine) -> str:
+    lines = ["# vitdemo: chat with images",
+             f"Model: `{engine.loaded.source}` on **{engine.device}**, quantization "
+             f"**{engine.loaded.quantized}**, {engine.loaded.dtype}."]
+    if FALLBACK_DIRNAME in engine.loaded.source:
+        lines.append("> The shipped classroom model is not installed yet, so this is the built-in "
+                     "fallback: a tiny LLaVA with **random weights**. Its answers are nonsense; it shows "
+                     "the machinery. Start with `--model <hub id or folder>` for a real model.")
+    return "\n\n".join(lines)
+
+
+def _add_optional_tab(name: str, label: str, engine: Engine, settings: Settings) -> bool:
+    module_name = f"vitdemo.ui.{name}"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name == module_name:
+            return False  # not written yet
+        return _broken_tab(label, err)
+    except Exception as err:  # noqa: BLE001 - one broken tab must not take the app down
+        return _broken_tab(label, err)
+    with gr.Tab(label):
+        getattr(module, f"create_{name}_tab")(engine, settings)
+    return True
+
+
+def _broken_tab(label: str, err: BaseException) -> bool:
+    logger.exception("the %s tab failed to load", label)
+    with gr.Tab(label):
+        gr.Markdown(f"This tab failed to load: `{type(err).__name__}: {err}`")
+    return True
+
+
+def build_ui(settings: Settings | None = None, engine: Engine | None = None) -> gr.Blocks:
+    """The whole app. Loads the model (settings.model, else the default) unless `engine` is given."""
+    settings = settings or Settings.from_env()
+    engine = engine or Engine.from_settings(settings)
+    with gr.Blocks(title="vitdemo", analytics_enabled=False, delete_cache=(3600, 24 * 3600)) as demo:
+        gr.Markdown(_header(engine))
+        with gr.Tab("Chat"):
+            create_chat_tab(engine, settings)
+        for name, label in OPTIONAL_TABS:
+            _add_optional_tab(name, label, engine, settings)
+    demo.queue(max_size=settings.queue_size, default_concurrency_limit=settings.concurrency)
+    demo.vitdemo_engine = engine  # type: ignore[attr-defined]  # for tests and tabs
+    return demo
+
+
+def launch_kwargs(settings: Settings) -> dict[str, Any]:
+    """Arguments for demo.launch(): safe defaults (no SSR, local bind, upload limit)."""
+    return {
+        "server_name": settings.host,
+        "server_port": settings.port,
+        "auth": settings.auth_pair,
+        "ssr_mode": False,  # Gradio 6.27-6.32: auth bypass via a forged Host header with SSR on
+        "max_file_size": f"{settings.max_upload_mb}mb",
+        "show_error": True,
+        "css": CSS,
+    }
+
+
+def launch(demo: gr.Blocks, settings: Settings, **overrides: Any) -> Any:
+    """Start the server (blocking unless prevent_thread_lock=True is passed)."""
+    kwargs = launch_kwargs(settings)
+    kwargs.update(overrides)
+    logger.info("serving on http://%s:%d", settings.host, settings.port)
+    return demo.launch(**kwargs)

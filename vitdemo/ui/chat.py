@@ -1,0 +1,173 @@
+"""The Chat tab: wiring only. The logic lives in vitdemo.session and vitdemo.chat."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Iterator
+
+import gradio as gr
+
+from vitdemo.chat import GenerationSettings
+from vitdemo.config import EXAMPLES_DIR, Settings
+from vitdemo.engine import Engine
+from vitdemo.errors import VitdemoError
+from vitdemo.session import ChatSession, history_to_session
+
+logger = logging.getLogger(__name__)
+
+# Events that run the model share one concurrency group: the model is one resource.
+GENERATE_GROUP = "vitdemo-generate"
+
+
+def load_examples(folder: Path = EXAMPLES_DIR) -> list[dict[str, Any]]:
+    """[{"text", "files"}] for gr.Examples, from examples.json (or every PNG with a default question)."""
+    index = folder / "examples.json"
+    items: list[dict[str, Any]] = []
+    if index.is_file():
+        for entry in json.loads(index.read_text()):
+            path = folder / entry["image"]
+            if path.is_file():
+                items.append({"text": entry["question"], "files": [str(path)]})
+    else:
+        items = [{"text": "Describe the image.", "files": [str(p)]} for p in sorted(folder.glob("*.png"))]
+    return items
+
+
+def _gen_settings(max_new_tokens: float, temperature: float, top_p: float, seed: float | None,
+                  cap: int) -> GenerationSettings:
+    gen = GenerationSettings(
+        max_new_tokens=int(max_new_tokens),
+        temperature=float(temperature),
+        top_p=float(top_p),
+        seed=None if seed is None or seed == "" else int(seed),
+    )
+    gen.validate(cap=cap)
+    return gen
+
+
+def create_chat_tab(engine: Engine, settings: Settings) -> dict[str, Any]:
+    """Build the chat components inside the current gr.Tab and wire their events."""
+    session = gr.State(ChatSession())  # deep-copied per user: each gets their own history
+    chatbot = gr.Chatbot(label="Chat", height=460, buttons=["copy"], elem_id="vitdemo-chatbot")
+    textbox = gr.MultimodalTextbox(
+        file_types=["image"],
+        file_count="multiple",
+        sources=["upload"],
+        placeholder="Ask about an image: drop, paste or upload one or more, then type a question",
+        show_label=False,
+        elem_id="vitdemo-input",
+    )
+    with gr.Row():
+        stop_btn = gr.Button("Stop", variant="stop", size="sm")
+        regen_btn = gr.Button("Regenerate", size="sm")
+        undo_btn = gr.Button("Undo", size="sm")
+        clear_btn = gr.Button("Clear", size="sm")
+    with gr.Accordion("Generation settings", open=False):
+        max_tokens = gr.Slider(1, settings.max_new_tokens_cap, value=settings.max_new_tokens, step=1,
+                               label="Max new tokens")
+        temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="Temperature (0 = greedy, repeatable)")
+        top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p (used when temperature > 0)")
+        seed = gr.Number(value=0, precision=0, label="Seed (for sampling)")
+    examples = load_examples()
+    if examples:
+        gr.Examples(examples=[[e] for e in examples], inputs=[textbox], label="Examples (click one, then send)")
+    gen_inputs = [session, max_tokens, temperature, top_p, seed]
+
+    def add_message(message: dict[str, Any] | None, state: ChatSession):
+        if state.busy:
+            raise gr.Error("wait for the answer, or press Stop", print_exception=False)
+        message = message or {}
+        try:
+            state.add_user_message(message.get("text", ""), message.get("files") or [],
+                                   max_images=settings.max_images_per_message,
+                                   max_pixels=settings.max_image_pixels)
+        except VitdemoError as err:
+            raise gr.Error(str(err), print_exception=False) from None
+        state.busy = True
+        return state, state.chatbot_messages(), gr.MultimodalTextbox(value=None, interactive=False)
+
+    def generate(state: ChatSession, n: float, temp: float, p: float, s: float | None) -> Iterator[Any]:
+        try:
+            gen = _gen_settings(n, temp, p, s, settings.max_new_tokens_cap)
+            for _ in state.stream_reply(engine, gen):
+                yield state, state.chatbot_messages()
+        except VitdemoError as err:
+            gr.Warning(str(err))
+        finally:
+            state.busy = False
+        yield state, state.chatbot_messages()
+
+    def release(state: ChatSession):
+        state.busy = False
+        return gr.MultimodalTextbox(interactive=True)
+
+    def prepare_regenerate(state: ChatSession):
+        if state.busy:
+            raise gr.Error("wait for the answer, or press Stop", print_exception=False)
+        try:
+            state.prepare_regenerate()
+        except VitdemoError as err:
+            raise gr.Error(str(err), print_exception=False) from None
+        state.busy = True
+        return state, state.chatbot_messages(), gr.MultimodalTextbox(interactive=False)
+
+    def undo(state: ChatSession):
+        if state.busy:
+            gr.Warning("wait for the answer, or press Stop")
+            return state, state.chatbot_messages(), gr.MultimodalTextbox()
+        turn = state.undo()
+        value = {"text": turn.text, "files": turn.image_paths} if turn else None
+        return state, state.chatbot_messages(), gr.MultimodalTextbox(value=value)
+
+    def clear(state: ChatSession):
+        state.stop()
+        state.clear()
+        return state, [], gr.MultimodalTextbox(value=None)
+
+    def stop(state: ChatSession) -> None:
+        state.stop()
+
+    common = dict(api_visibility="private")
+    run = dict(concurrency_limit=settings.concurrency, concurrency_id=GENERATE_GROUP, **common)
+    added = textbox.submit(add_message, [textbox, session], [session, chatbot, textbox], queue=False, **common)
+    added.success(generate, gen_inputs, [session, chatbot], **run).then(release, [session], [textbox], **common)
+    regen = regen_btn.click(prepare_regenerate, [session], [session, chatbot, textbox], queue=False, **common)
+    regen.success(generate, gen_inputs, [session, chatbot], **run).then(release, [session], [textbox], **common)
+    undo_btn.click(undo, [session], [session, chatbot, textbox], queue=False, **common)
+    clear_btn.click(clear, [session], [session, chatbot, textbox], queue=False, **common)
+    stop_btn.click(stop, [session], None, queue=False, **common)
+
+    _api_endpoint(engine, settings)
+    return {"chatbot": chatbot, "textbox": textbox, "session": session, "stop": stop_btn,
+            "regenerate": regen_btn, "undo": undo_btn, "clear": clear_btn}
+
+
+def _api_endpoint(engine: Engine, settings: Settings) -> None:
+    """`/chat`: (image file, question, optional history) -> answer, for gradio_client."""
+
+    def api_chat(image: str | None, question: str, history: Any = None) -> str:
+        """Answer `question` about `image`. `history`: earlier [{"role", "content"}] text messages."""
+        try:
+            if isinstance(history, str):
+                history = json.loads(history) if history.strip() else None
+            state = history_to_session(history, image, question,
+                                       max_images=settings.max_images_per_message,
+                                       max_pixels=settings.max_image_pixels)
+            gen = GenerationSettings(max_new_tokens=settings.max_new_tokens)
+            answer = ""
+            for answer in state.stream_reply(engine, gen):
+                pass
+            return answer.strip()
+        except (VitdemoError, json.JSONDecodeError) as err:
+            raise gr.Error(str(err), print_exception=False) from None
+
+    with gr.Group(visible=False):
+        image = gr.File(type="filepath", label="image")
+        question = gr.Textbox(label="question")
+        history = gr.JSON(label="history")
+        answer = gr.Textbox(label="answer")
+        button = gr.Button("api")
+    button.click(api_chat, [image, question, history], answer, api_name="chat",
+                 concurrency_limit=settings.concurrency, concurrency_id=GENERATE_GROUP)
