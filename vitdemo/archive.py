@@ -108,7 +108,8 @@ def _plan(zf: zipfile.ZipFile, limits: ArchiveLimits) -> list[tuple[zipfile.ZipI
         unix_mode = info.external_attr >> 16
         if unix_mode and stat.S_ISLNK(unix_mode):
             raise DatasetError(f"archive member {info.filename!r} is a symbolic link; links are not allowed")
-        if unix_mode and not (stat.S_ISREG(unix_mode) or stat.S_ISDIR(unix_mode)):
+        file_type = stat.S_IFMT(unix_mode)  # 0 when the tool did not record a type
+        if file_type and file_type not in (stat.S_IFREG, stat.S_IFDIR):
             raise DatasetError(f"archive member {info.filename!r} is not a regular file")
         key = str(rel).casefold()  # a.png and A.PNG would collide on some file systems
         if key in seen:

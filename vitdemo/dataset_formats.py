@@ -252,8 +252,8 @@ class _RecordBuilder:
             return
         self.messages.append({"role": role, "content": parts})
 
-    def finish(self, image_placeholders_expected: bool) -> Record:
-        self._check_structure(image_placeholders_expected)
+    def finish(self, placeholders_expected: bool) -> Record:
+        self._check_structure(placeholders_expected)
         return Record(self.messages, self.images, self.line, self.id, self.problems)
 
     def _check_structure(self, placeholders_expected: bool) -> None:
@@ -292,14 +292,13 @@ class _RecordBuilder:
         n_images = len(self.images)
         if n_slots == n_images:
             return
-        if n_slots == 0 and placeholders_expected is False:
-            self._place_images_first()
-            return
         if n_slots == 0:
+            # Simple formats have no placeholders: the image goes before the instruction.
             self._place_images_first()
-            self.warn(f"no {IMAGE_PLACEHOLDER} in the text for {n_images} image(s)",
-                      f"nothing: the image(s) were put before the first instruction; write {IMAGE_PLACEHOLDER} "
-                      "to place them yourself")
+            if placeholders_expected:
+                self.warn(f"no {IMAGE_PLACEHOLDER} in the text for {n_images} image(s)",
+                          f"nothing: the image(s) were put before the first instruction; write "
+                          f"{IMAGE_PLACEHOLDER} to place them yourself")
             return
         self.error(f"{n_slots} {IMAGE_PLACEHOLDER} placeholder(s) but {n_images} image(s)",
                    f"write one {IMAGE_PLACEHOLDER} in the text for each image")

@@ -126,8 +126,9 @@ def open_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS,
         )
     try:
         with warnings.catch_warnings():
-            # Pillow's own bomb guard warns above MAX_IMAGE_PIXELS; our check below is stricter.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # Pillow warns about bombs (our check below is stricter) and about corrupt
+            # metadata it skips; neither is the user's business once the decode succeeds.
+            warnings.simplefilter("ignore")
             img = Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))  # header only
             width, height = img.size
             if width < 1 or height < 1:
@@ -149,7 +150,7 @@ def open_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS,
         # Pillow's own guard fires inside Image.open for sizes far above any sane limit.
         raise ImageError(
             f"{name!r} has far more than the {max_pixels:,} pixels allowed (a decompression bomb?): "
-            f"{exc}. Resize it (for example to 2048 px on the long side)."
+            f"{str(exc).rstrip('.')}. Resize it (for example to 2048 px on the long side)."
         ) from None
     except UnidentifiedImageError:
         raise ImageError(
