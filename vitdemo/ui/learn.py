@@ -102,7 +102,7 @@ def _inside(engine: Any, image_path: str, question: str, layer: int, head: int, 
     query = T - 1 if query is None or not 0 <= int(query) < T else int(query)
     view = inside.query_view(walk, query)
     d_k = walk.q.shape[1]
-    key_table = [[k, repr(walk.tokens[k]), _fmt(kr), round(s, 3), round(w, 3), _fmt(vr)]
+    key_table = [[k, repr(walk.tokens[k]), _fmt(kr, 4), round(s, 3), round(w, 3), _fmt(vr, 4)]
                  for k, kr, s, w, vr in zip(view.keys, view.key_rows, view.scores, view.weights, view.value_rows)]
     text_queries = [i for i, t in enumerate(walk.tokens) if t != "<image>"][-6:]
     picture = plots.attention_rows(walk, text_queries, sorted(set(view.keys) | set(text_queries)))
