@@ -181,7 +181,7 @@ def test_memory_estimate_formula():
     est = estimate_capture_bytes(n_layers=32, n_heads=32, n_image_tokens=576, n_prompt_text=0,
                                  max_new_tokens=64, seq_len=600, compute_bytes=2, store_bytes=4)
     assert est.stored == 32 * 32 * 576 * 64 * 4
-    assert est.transient == 32 * 664 * 664 * 6
+    assert est.transient == 32 * 600 * 600 * 6
 
 
 # ----------------------------------------------------------------------------- engine level

@@ -63,11 +63,11 @@ def estimate_capture_bytes(*, n_layers: int, n_heads: int, n_image_tokens: int, 
                            vision_tiles: int = 0, vision_tokens: int = 0, vision_layers: int = 0,
                            vision_heads: int = 0) -> CaptureEstimate:
     """stored = L * H * n_img * (n_prompt_text + n_new) * store_bytes
-    transient = H * T^2 * (compute_bytes + 4)   (eager scores in the model dtype + fp32 softmax)
+    transient = H * T^2 * (compute_bytes + 4)   (one layer at prefill, T = prompt length: eager
+                scores in the model dtype + the fp32 softmax; decode steps need only H * T)
     vision = tiles * (Lv * Hv * 2 * Nv * 4 + Nv^2 * 8 + Hv * Nv^2 * (compute_bytes + 4))"""
     stored = n_layers * n_heads * n_image_tokens * (n_prompt_text + max_new_tokens) * store_bytes
-    total_len = seq_len + max_new_tokens
-    transient = n_heads * total_len * total_len * (compute_bytes + 4)
+    transient = n_heads * seq_len * seq_len * (compute_bytes + 4)
     vision = vision_tiles * (vision_layers * vision_heads * 2 * vision_tokens * 4
                              + vision_tokens**2 * 8 + vision_heads * vision_tokens**2 * (compute_bytes + 4))
     return CaptureEstimate(stored, transient, vision)
