@@ -39,8 +39,12 @@ class MapSpec:
     renormalise: bool = True
 
     def describe(self) -> str:
-        layers = "all layers" if self.layers is None else "layers " + ",".join(map(str, self.layers))
-        heads = "all heads" if self.heads is None else "heads " + ",".join(map(str, self.heads))
+        def name(word: str, index: tuple[int, ...] | None) -> str:
+            if index is None:
+                return f"all {word}s"
+            return f"{word}{'s' if len(index) > 1 else ''} " + ",".join(map(str, index))
+
+        layers, heads = name("layer", self.layers), name("head", self.heads)
         return f"{layers}, {heads}"
 
 

@@ -158,13 +158,17 @@ class SharePlotGeometry:
 def share_plot(share: np.ndarray, *, cmap: str = "viridis", cell: int = 0) -> tuple[Image.Image, SharePlotGeometry]:
     """Image attention share as a layers (rows) x heads (columns) grid of coloured cells."""
     n_layers, n_heads = share.shape
-    cell = cell or max(10, min(40, 480 // max(n_layers, n_heads)))
+    cell = cell or max(12, min(48, 640 // max(n_layers, n_heads)))
     left, top = 64, 22
     geom = SharePlotGeometry(left, top, cell, n_layers, n_heads)
-    width, height = left + n_heads * cell + 10, top + n_layers * cell + 40
+    font = _font(11)
+    note = "columns: heads, rows: layers; colour and number: share of attention on image tokens"
+    bar_w = 240
+    width = max(left + n_heads * cell + 10, left + bar_w + 10, 12 + int(ImageDraw.Draw(Image.new("RGB", (1, 1)))
+                                                                         .textlength(note, font=font)))
+    height = top + n_layers * cell + 60
     out = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(out)
-    font = _font(11)
     colours = colormap(cmap)(np.clip(share, 0, 1))  # (L, H, 4); share is a fraction already
     for layer in range(n_layers):
         draw.text((4, top + layer * cell + cell / 2 - 6), f"layer {layer}", fill="black", font=font)
@@ -172,10 +176,14 @@ def share_plot(share: np.ndarray, *, cmap: str = "viridis", cell: int = 0) -> tu
             rgb = tuple(int(v * 255) for v in colours[layer, head, :3])
             x, y = left + head * cell, top + layer * cell
             draw.rectangle((x, y, x + cell - 1, y + cell - 1), fill=rgb)
+            if cell >= 28:  # room for the number
+                ink = "black" if sum(rgb) > 380 else "white"
+                draw.text((x + 3, y + cell / 2 - 6), f"{share[layer, head]:.2f}", fill=ink, font=font)
     for head in range(n_heads):
         draw.text((left + head * cell + 2, 4), str(head), fill="black", font=font)
-    draw.text((left, top + n_layers * cell + 4), "heads ->   colour: share of attention on image tokens (0..1)",
-              fill="black", font=font)
+    y_bar = top + n_layers * cell + 6
+    out.paste(colorbar(cmap, 0.0, 1.0, width=bar_w, height=10, label="share"), (left, y_bar))
+    draw.text((4, y_bar + 34), note, fill="black", font=font)
     return out, geom
 
 
