@@ -37,6 +37,9 @@ class MapSpec:
     # Divide by the attention mass that reached the image tokens, so a map is a distribution
     # over image cells (heads that mostly attend to text then do not fade out).
     renormalise: bool = True
+    # Normalise each head's image attention before averaging, so every head counts the
+    # same; False weights heads by how much of their attention reaches the image.
+    equal_heads: bool = False
 
     def describe(self) -> str:
         def name(word: str, index: tuple[int, ...] | None) -> str:
@@ -45,7 +48,7 @@ class MapSpec:
             return f"{word}{'s' if len(index) > 1 else ''} " + ",".join(map(str, index))
 
         layers, heads = name("layer", self.layers), name("head", self.heads)
-        return f"{layers}, {heads}"
+        return f"{layers}, {heads}" + (", heads weighted equally" if self.equal_heads else "")
 
 
 # The default map, chosen with the pointing game on the classroom model (see
@@ -215,7 +218,10 @@ def _pick(values: np.ndarray, index: tuple[int, ...] | None, axis: int) -> np.nd
 
 def select(rows: np.ndarray, spec: MapSpec) -> np.ndarray:
     """(layers, heads, n_img) -> (n_img,) per spec."""
-    vec = _pick(_pick(rows, spec.layers, axis=0), spec.heads, axis=1).mean(axis=(0, 1))
+    picked = _pick(_pick(rows, spec.layers, axis=0), spec.heads, axis=1)  # (l, h, n_img)
+    if spec.equal_heads:
+        picked = picked / np.maximum(picked.sum(-1, keepdims=True), 1e-12)
+    vec = picked.mean(axis=(0, 1))
     if spec.renormalise:
         vec = vec / max(float(vec.sum()), 1e-12)
     return vec.astype(np.float32)
