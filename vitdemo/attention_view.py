@@ -118,6 +118,8 @@ def share_click(session: AttentionSession, x: float, y: float) -> tuple[str, str
 def vision_picture(session: AttentionSession, mode: Literal["attention", "rollout"], layer: str | None,
                    head: str | None, query: Literal["cls", "mean"], image: int, view: View) -> Image.Image:
     result, _, _ = _resolve(session)
+    if query == "cls" and result.vision is not None and result.vision.cls_rows is None:
+        query = "mean"  # encoders without a CLS token (SigLIP): the mean query is all there is
     return render_vision(result, session.images, image, mode, parse_choice(layer), parse_choice(head), query, view)
 
 

@@ -73,22 +73,28 @@ def pointing_game(model: Any, processor: Any, items: Iterable[Any], spec: MapSpe
                   maps: Sequence[MapSpec] = ()) -> dict[str, Any]:
     """Accuracy of the default map (and of any extra `maps` specs, for comparison).
 
-    Returns {"accuracy", "hits", "n", "map", "others": {spec: accuracy}}.
+    Returns {"accuracy", "hits", "n", "map", "per_form", "others": {spec: accuracy}}.
     """
     specs = [spec, *maps]
     hits = np.zeros(len(specs), np.int64)
+    per_form: dict[str, list[int]] = {}
     n = 0
     for raw in items:
         item = _as_item(raw)
         result = first_token_result(model, processor, item.image, item.question)
         grid = result.grids()[0]
         for k, s in enumerate(specs):
-            hits[k] += is_hit(result.token_maps("answer", 0, s)[0], grid, item.target)
+            hit = is_hit(result.token_maps("answer", 0, s)[0], grid, item.target)
+            hits[k] += hit
+            if k == 0:
+                form = getattr(getattr(raw, "qa", None), "form", "item")
+                per_form.setdefault(form, []).append(int(hit))
         n += 1
     if n == 0:
         raise ValueError("the pointing game needs at least one item with a target")
     report = {"accuracy": float(hits[0] / n), "hits": int(hits[0]), "n": n,
-              "map": f"first answer token, {spec.describe()}"}
+              "map": f"first answer token, {spec.describe()}",
+              "per_form": {form: float(np.mean(h)) for form, h in sorted(per_form.items())}}
     if maps:
         report["others"] = {s.describe(): float(h / n) for s, h in zip(maps, hits[1:])}
     log.info("pointing game: %d/%d = %.3f (%s)", hits[0], n, hits[0] / n, report["map"])
