@@ -250,9 +250,14 @@ def stream_capture(model: Any, processor: Any, inputs: Any, images: Sequence[Any
     is_image = np.zeros(len(ids), bool)
     is_image[layout.positions] = True
     text_pos = np.nonzero(~is_image)[0]
-    device = inputs["input_ids"].device
-    img_idx = torch.as_tensor(layout.positions, device=device)
-    text_idx = torch.as_tensor(text_pos, device=device)
+    index_cache: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def indices(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image and text positions on the device of a layer (layers may be spread over GPUs)."""
+        if device not in index_cache:
+            index_cache[device] = (torch.as_tensor(layout.positions, device=device),
+                                   torch.as_tensor(text_pos, device=device))
+        return index_cache[device]
     state = _State(n_layers, [None] * n_layers,
                    np.zeros((max_new, n_layers, n_heads, layout.n_tokens), np.float32),
                    np.zeros((len(text_pos), n_layers, n_heads, layout.n_tokens), np.float32))
@@ -264,12 +269,13 @@ def stream_capture(model: Any, processor: Any, inputs: Any, images: Sequence[Any
                 state.missing += 1
                 return None
             w = weights[0]  # (H, q, K)
+            img_idx, text_idx = indices(w.device)
             if w.shape[1] > 1:  # prefill: every prompt row
                 rows = w.index_select(1, text_idx).index_select(2, img_idx)  # (H, n_text, n_img)
                 state.prompt[:, layer] = rows.float().permute(1, 0, 2).cpu().numpy()  # (n_text, H, n_img)
             state.layer_rows[layer] = w[:, -1].index_select(1, img_idx)  # (H, n_img)
             if layer == n_layers - 1 and state.forwards < max_new:
-                step = torch.stack(state.layer_rows)  # (L, H, n_img)
+                step = torch.stack([r.to(w.device) for r in state.layer_rows])  # (L, H, n_img)
                 state.answer[state.forwards] = step.float().cpu().numpy()
                 with state.ready:
                     state.forwards += 1
