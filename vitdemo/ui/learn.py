@@ -5,6 +5,7 @@ Wiring only: every number comes from vitdemo.learn (no gradio there).
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -158,7 +159,7 @@ def _suggest_captions(engine: Any, image_path: str) -> str:
     rng = np.random.default_rng(abs(hash(described)) % 2**32)
     others = [scenes.describe(scenes.generate_scene(rng, size=24, style=scenes.SceneStyle(supersample=1)))
               for _ in range(4)]
-    return "\n".join([described, *others])
+    return "\n".join([c for c in (described, *others) if c.strip()])
 
 
 def _stage_view(engine: Any, example: int):
@@ -250,13 +251,15 @@ def create_learn_tab(engine: Any, settings: Any = None) -> None:
             gr.Markdown("### 3. Stages of visual instruction tuning\nThe classroom model was built in four "
                         "stages. The curves are its real training losses; the table shows what it answered "
                         "after each stage.")
-            st_example = gr.Dropdown(choices=[(f"Example {i + 1}", i) for i in range(len(examples))] or [("Example 1", 0)],
-                                     value=0, label="Example image")
+            with gr.Row():
+                st_example = gr.Dropdown(choices=[(f"Example {i + 1}", i) for i in range(len(examples))]
+                                         or [("Example 1", 0)], value=0, label="Example image", scale=3)
+                st_show = gr.Button("Show the stages", variant="primary", scale=1)
             st_notes = gr.Markdown()
             st_plot = gr.Image(label="Training loss per stage", type="pil")
             st_table = gr.Dataframe(headers=["after stage", "question", "expected", "answer", "right"],
-                                    label="Answers after each stage", wrap=True)
-            st_show = gr.Button("Show the stages", variant="primary")
+                                    label="Answers after each stage", wrap=True,
+                                    elem_id="learn-stages-table")
             st_show.click(lambda e: _stage_view(engine, e), [st_example], [st_notes, st_plot, st_table])
             st_example.change(lambda e: _stage_view(engine, e), [st_example], [st_notes, st_plot, st_table])
 
@@ -278,7 +281,7 @@ def create_learn_tab(engine: Any, settings: Any = None) -> None:
                     fs_question = gr.Textbox(value="Which colour does the circle have?", label="Question")
                     fs_examples = gr.Textbox(lines=3, label="Worked examples (question => answer)",
                                              value="What color is the circle? => red\nWhat color is the square? => blue")
-                    fs_run = gr.Button("Compare", variant="primary")
+                    fs_run = gr.Button("Compare", variant="primary", elem_id="learn-fewshot-run")
             with gr.Row():
                 fs_zero = gr.Textbox(label="Zero-shot answer")
                 fs_few = gr.Textbox(label="Few-shot answer")
@@ -288,10 +291,10 @@ def create_learn_tab(engine: Any, settings: Any = None) -> None:
     def show(name: str):
         return [gr.update(visible=(name == s)) for s in SECTIONS]
 
-    def step(name: str, delta: int) -> str:
-        return SECTIONS[(SECTIONS.index(name) + delta) % len(SECTIONS)]
-
     section.change(show, [section], columns)
-    prev_btn.click(lambda s: step(s, -1), [section], [section])
-    next_btn.click(lambda s: step(s, +1), [section], [section])
+    # Stepping runs in the browser: fast key presses never race on a stale section value.
+    names = json.dumps(list(SECTIONS))
+    step_js = "(s) => {{ const n = {names}; return n[(n.indexOf(s) + {delta} + n.length) % n.length]; }}"
+    prev_btn.click(None, [section], [section], js=step_js.format(names=names, delta=-1))
+    next_btn.click(None, [section], [section], js=step_js.format(names=names, delta=1))
     present.change(None, [present], [present], js=PRESENT_JS)

@@ -1,0 +1,42 @@
+"""Shared helpers for tests that run the real app: a server on a free port, a real browser."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from typing import Any, Iterator
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's chromium; never `playwright install`
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve(settings: Any, engine: Any = None) -> Iterator[str]:
+    """build_ui(settings, engine) served on settings.port; yields the page URL."""
+    from vitdemo.ui.app import build_ui, launch
+
+    demo = build_ui(settings, engine)
+    launch(demo, settings, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{settings.port}/"
+    finally:
+        demo.close()
+
+
+@contextlib.contextmanager
+def browser_page(width: int = 1280, height: int = 1000) -> Iterator[Any]:
+    """A Playwright page in headless Debian Chromium."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser.new_page(viewport={"width": width, "height": height})
+        finally:
+            browser.close()
