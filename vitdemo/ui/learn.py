@@ -5,10 +5,11 @@ Wiring only: every number comes from vitdemo.learn (no gradio there).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import gradio as gr
 import numpy as np
@@ -54,6 +55,20 @@ PRESENT_JS = """
   return on;
 }
 """
+
+
+def image_input(value: str | None) -> gr.Image:
+    """The image picker every section uses (a file path, opened safely on use)."""
+    return gr.Image(value=value, type="filepath", label="Image", height=220, sources=["upload", "clipboard"])
+
+
+@contextlib.contextmanager
+def _section(columns: list, visible: bool, intro: str) -> Iterator[None]:
+    """One screen of the tab: a column shown alone, opening with its title and intro."""
+    with gr.Column(visible=visible) as column:
+        columns.append(column)
+        gr.Markdown(intro)
+        yield
 
 
 def _example_paths(engine: Any) -> list[str]:
@@ -202,13 +217,11 @@ def create_learn_tab(engine: Any, settings: Any = None) -> None:
             present = gr.Checkbox(label="Presentation mode (big type, arrow keys)", value=False, scale=1)
         columns = []
 
-        with gr.Column(visible=True) as col:
-            columns.append(col)
-            gr.Markdown("### 1. Transformer inside\nPick an image, a question, a layer and a head of the "
+        with _section(columns, True, "### 1. Transformer inside\nPick an image, a question, a layer and a head of the "
                         "language model: see the queries, keys and values it really computed, the scores, "
-                        "the softmax and the weighted sum.")
+                        "the softmax and the weighted sum."):
             with gr.Row():
-                in_image = gr.Image(value=first, type="filepath", label="Image", height=220, sources=["upload", "clipboard"])
+                in_image = image_input(first)
                 with gr.Column():
                     in_question = gr.Textbox(value="What color is the circle?", label="Question")
                     in_layer = gr.Slider(0, n_layers - 1, value=n_layers - 1, step=1, label="Layer")
@@ -229,13 +242,11 @@ def create_learn_tab(engine: Any, settings: Any = None) -> None:
             in_run.click(**run_inside)
             in_query.select(**run_inside)
 
-        with gr.Column(visible=False) as col:
-            columns.append(col)
-            gr.Markdown("### 2. Seeing and reading together (contrastive pretraining)\nAn image encoder and a "
+        with _section(columns, False, "### 2. Seeing and reading together (contrastive pretraining)\nAn image encoder and a "
                         "text encoder were trained so that a scene and its caption land close together. "
-                        "With no question-answer training at all, they can already pick the right caption.")
+                        "With no question-answer training at all, they can already pick the right caption."):
             with gr.Row():
-                ct_image = gr.Image(value=first, type="filepath", label="Image", height=220, sources=["upload", "clipboard"])
+                ct_image = image_input(first)
                 with gr.Column():
                     ct_captions = gr.Textbox(lines=5, label="Captions, one per line")
                     with gr.Row():
@@ -246,11 +257,9 @@ def create_learn_tab(engine: Any, settings: Any = None) -> None:
             ct_suggest.click(lambda p: _suggest_captions(engine, p), [ct_image], [ct_captions])
             ct_run.click(lambda p, c: _contrastive(engine, p, c), [ct_image, ct_captions], [ct_md, ct_plot])
 
-        with gr.Column(visible=False) as col:
-            columns.append(col)
-            gr.Markdown("### 3. Stages of visual instruction tuning\nThe classroom model was built in four "
+        with _section(columns, False, "### 3. Stages of visual instruction tuning\nThe classroom model was built in four "
                         "stages. The curves are its real training losses; the table shows what it answered "
-                        "after each stage.")
+                        "after each stage."):
             with gr.Row():
                 st_example = gr.Dropdown(choices=[(f"Example {i + 1}", i) for i in range(len(examples))]
                                          or [("Example 1", 0)], value=0, label="Example image", scale=3)
@@ -263,20 +272,16 @@ def create_learn_tab(engine: Any, settings: Any = None) -> None:
             st_show.click(lambda e: _stage_view(engine, e), [st_example], [st_notes, st_plot, st_table])
             st_example.change(lambda e: _stage_view(engine, e), [st_example], [st_notes, st_plot, st_table])
 
-        with gr.Column(visible=False) as col:
-            columns.append(col)
-            gr.Markdown("### 4. Before and after fine-tuning\nThe same question to the base model and to a "
-                        "fine-tuned adapter, and how the attention map moved.")
+        with _section(columns, False, "### 4. Before and after fine-tuning\nThe same question to the base model and to a "
+                        "fine-tuned adapter, and how the attention map moved."):
             from vitdemo.ui import learn_compare
 
             learn_compare.create_compare_section(engine, getattr(settings, "home", None), first)
 
-        with gr.Column(visible=False) as col:
-            columns.append(col)
-            gr.Markdown("### 5. Zero-shot and few-shot\nAsk something phrased in a way the model never saw, "
-                        "alone (zero-shot) and after a few worked examples in the conversation (few-shot).")
+        with _section(columns, False, "### 5. Zero-shot and few-shot\nAsk something phrased in a way the model never saw, "
+                        "alone (zero-shot) and after a few worked examples in the conversation (few-shot)."):
             with gr.Row():
-                fs_image = gr.Image(value=first, type="filepath", label="Image", height=220, sources=["upload", "clipboard"])
+                fs_image = image_input(first)
                 with gr.Column():
                     fs_question = gr.Textbox(value="Which colour does the circle have?", label="Question")
                     fs_examples = gr.Textbox(lines=3, label="Worked examples (question => answer)",

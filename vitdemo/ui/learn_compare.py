@@ -30,11 +30,13 @@ def _run(engine: Any, image_path: str | None, question: str, adapter: str | None
 
 
 def create_compare_section(engine: Any, home: Any, first_image: str | None) -> None:
+    from vitdemo.ui.learn import image_input
+
     def adapters():
         return available_adapters(home)
 
     with gr.Row():
-        image = gr.Image(value=first_image, type="filepath", label="Image", height=220, sources=["upload", "clipboard"])
+        image = image_input(first_image)
         with gr.Column():
             question = gr.Textbox(value="What color is the circle? Answer in Chinese.", label="Question")
             choices = adapters()
