@@ -98,7 +98,8 @@ class DatasetReport:
         return sorted(out, key=lambda p: (p.line is not None, p.line or 0))
 
     def usable_records(self, drop_bad: bool = False) -> list[Record]:
-        """Records to train on; DatasetError says why there are none or why it must not start."""
+        """Records to train on, image paths made absolute; DatasetError says why there are none
+        or why training must not start."""
         if self.fatal:
             first = next(p for p in self.problems if p.line is None and p.severity == "error")
             raise DatasetError(f"{first.message}; {first.fix}")
@@ -110,7 +111,7 @@ class DatasetReport:
         good = self.good
         if not good:
             raise DatasetError("no usable records: every record has a problem (see the report)")
-        return good
+        return [Record(r.messages, [str(p) for p in self.images_in(r)], r.line, r.id) for r in good]
 
     def images_in(self, record: Record) -> list[Path]:
         return [resolve_image_path(self.root, self.annotation, p)[0] for p in record.images]
@@ -201,6 +202,9 @@ def resolve_image_path(root: Path, annotation: str, path: str) -> tuple[Path, st
     """
     root = root.resolve()
     if path.startswith(("/", "\\")) or (len(path) > 1 and path[1] == ":"):
+        absolute = Path(path).resolve()
+        if root in absolute.parents and absolute.is_file():  # already resolved (saved records)
+            return absolute, None
         return root / Path(path).name, f"image path {path!r} is absolute"
     rel = Path(path.replace("\\", "/"))
     base = (root / annotation).parent
