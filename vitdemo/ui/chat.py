@@ -60,10 +60,10 @@ def create_chat_tab(engine: Engine, settings: Settings) -> dict[str, Any]:
         elem_id="vitdemo-input",
     )
     with gr.Row():
-        stop_btn = gr.Button("Stop", variant="stop", size="sm")
-        regen_btn = gr.Button("Regenerate", size="sm")
-        undo_btn = gr.Button("Undo", size="sm")
-        clear_btn = gr.Button("Clear", size="sm")
+        stop_btn = gr.Button("Stop", variant="stop", size="sm", elem_id="vitdemo-stop")
+        regen_btn = gr.Button("Regenerate", size="sm", elem_id="vitdemo-regenerate")
+        undo_btn = gr.Button("Undo", size="sm", elem_id="vitdemo-undo")
+        clear_btn = gr.Button("Clear", size="sm", elem_id="vitdemo-clear")
     with gr.Accordion("Generation settings", open=False):
         max_tokens = gr.Slider(1, settings.max_new_tokens_cap, value=settings.max_new_tokens, step=1,
                                label="Max new tokens")
@@ -76,19 +76,26 @@ def create_chat_tab(engine: Engine, settings: Settings) -> dict[str, Any]:
     gen_inputs = [session, max_tokens, temperature, top_p, seed]
 
     def add_message(message: dict[str, Any] | None, state: ChatSession):
+        # Refusals are toasts (gr.Warning), not gr.Error, which would cover the chat with an
+        # "Error" overlay; state.busy stays False, so `generate` then does nothing.
         if state.busy:
-            raise gr.Error("wait for the answer, or press Stop", print_exception=False)
+            gr.Warning("wait for the answer, or press Stop")
+            return state, gr.Chatbot(), gr.MultimodalTextbox()
         message = message or {}
         try:
             state.add_user_message(message.get("text", ""), message.get("files") or [],
                                    max_images=settings.max_images_per_message,
                                    max_pixels=settings.max_image_pixels)
         except VitdemoError as err:
-            raise gr.Error(str(err), print_exception=False) from None
+            gr.Warning(str(err))
+            return state, gr.Chatbot(), gr.MultimodalTextbox()
         state.busy = True
         return state, state.chatbot_messages(), gr.MultimodalTextbox(value=None, interactive=False)
 
     def generate(state: ChatSession, n: float, temp: float, p: float, s: float | None) -> Iterator[Any]:
+        if not state.busy:  # the message was refused: nothing to answer
+            yield state, gr.Chatbot()
+            return
         try:
             gen = _gen_settings(n, temp, p, s, settings.max_new_tokens_cap)
             for _ in state.stream_reply(engine, gen):
@@ -105,11 +112,13 @@ def create_chat_tab(engine: Engine, settings: Settings) -> dict[str, Any]:
 
     def prepare_regenerate(state: ChatSession):
         if state.busy:
-            raise gr.Error("wait for the answer, or press Stop", print_exception=False)
+            gr.Warning("wait for the answer, or press Stop")
+            return state, gr.Chatbot(), gr.MultimodalTextbox()
         try:
             state.prepare_regenerate()
         except VitdemoError as err:
-            raise gr.Error(str(err), print_exception=False) from None
+            gr.Warning(str(err))
+            return state, gr.Chatbot(), gr.MultimodalTextbox()
         state.busy = True
         return state, state.chatbot_messages(), gr.MultimodalTextbox(interactive=False)
 
@@ -122,21 +131,27 @@ def create_chat_tab(engine: Engine, settings: Settings) -> dict[str, Any]:
         return state, state.chatbot_messages(), gr.MultimodalTextbox(value=value)
 
     def clear(state: ChatSession):
+        # Leaves the textbox alone: a draft being typed survives, and no race with an upload.
         state.stop()
         state.clear()
-        return state, [], gr.MultimodalTextbox(value=None)
+        return state, []
 
     def stop(state: ChatSession) -> None:
         state.stop()
 
+    # Cheap events go through the queue (so warnings reach the page as toasts) with no
+    # concurrency limit, so they never wait behind a generation.
     common = dict(api_visibility="private")
+    quick = dict(concurrency_limit=None, **common)
     run = dict(concurrency_limit=settings.concurrency, concurrency_id=GENERATE_GROUP, **common)
-    added = textbox.submit(add_message, [textbox, session], [session, chatbot, textbox], queue=False, **common)
-    added.success(generate, gen_inputs, [session, chatbot], **run).then(release, [session], [textbox], **common)
-    regen = regen_btn.click(prepare_regenerate, [session], [session, chatbot, textbox], queue=False, **common)
-    regen.success(generate, gen_inputs, [session, chatbot], **run).then(release, [session], [textbox], **common)
-    undo_btn.click(undo, [session], [session, chatbot, textbox], queue=False, **common)
-    clear_btn.click(clear, [session], [session, chatbot, textbox], queue=False, **common)
+    added = textbox.submit(add_message, [textbox, session], [session, chatbot, textbox], **quick)
+    added.then(generate, gen_inputs, [session, chatbot], **run).then(release, [session], [textbox], **quick)
+    regen = regen_btn.click(prepare_regenerate, [session], [session, chatbot, textbox], **quick)
+    regen.then(generate, gen_inputs, [session, chatbot], **run).then(release, [session], [textbox], **quick)
+    undo_btn.click(undo, [session], [session, chatbot, textbox], **quick)
+    clear_btn.click(clear, [session], [session, chatbot], **quick)
+    chatbot.clear(clear, [session], [session, chatbot], **quick)  # its trash icon
+    # Unqueued: Stop must act at once, even when the queue is full.
     stop_btn.click(stop, [session], None, queue=False, **common)
 
     _api_endpoint(engine, settings)
@@ -147,8 +162,11 @@ def create_chat_tab(engine: Engine, settings: Settings) -> dict[str, Any]:
 def _api_endpoint(engine: Engine, settings: Settings) -> None:
     """`/chat`: (image file, question, optional history) -> answer, for gradio_client."""
 
-    def api_chat(image: str | None, question: str, history: Any = None) -> str:
-        """Answer `question` about `image`. `history`: earlier [{"role", "content"}] text messages."""
+    def api_chat(image: str | None, question: str, history: Any = None) -> Iterator[str]:
+        """Answer `question` about `image`, streamed (the last value is the whole answer).
+
+        `history`: earlier text messages [{"role": "user"|"assistant", "content": str}].
+        """
         try:
             if isinstance(history, str):
                 history = json.loads(history) if history.strip() else None
@@ -158,8 +176,8 @@ def _api_endpoint(engine: Engine, settings: Settings) -> None:
             gen = GenerationSettings(max_new_tokens=settings.max_new_tokens)
             answer = ""
             for answer in state.stream_reply(engine, gen):
-                pass
-            return answer.strip()
+                yield answer
+            yield answer.strip()
         except (VitdemoError, json.JSONDecodeError) as err:
             raise gr.Error(str(err), print_exception=False) from None
 
