@@ -23,7 +23,7 @@ IGNORE = -100  # label of tokens that carry no loss
 class Augment:
     """How training images vary, so uploads of any size and quality still work."""
 
-    render_sizes: tuple[int, ...] = (64, 64, 96, 128, 160, 256)  # drawn, then resized
+    render_sizes: tuple[int, ...] = (64, 96, 96, 128, 160, 256)  # drawn, then resized
     jpeg_probability: float = 0.3
     jpeg_quality: tuple[int, int] = (30, 90)
 
@@ -51,7 +51,7 @@ class BatchMaker:
     # --- images -----------------------------------------------------------------------
     def scene(self, layout=None) -> scenes.Scene:
         size = int(self.rng.choice(self.augment.render_sizes))
-        style = scenes.SceneStyle(supersample=2 if size <= 96 else 1)
+        style = scenes.SceneStyle(supersample=2 if size <= 128 else 1)
         return scenes.generate_scene(self.rng, size=size, style=style, layout=layout)
 
     def pixels(self, images: list[Image.Image]) -> torch.Tensor:
@@ -143,14 +143,12 @@ class BatchMaker:
         return self._pad(seqs, labels)
 
     def contrastive_batch(self, batch_size: int, twin_fraction: float) -> dict[str, torch.Tensor]:
-        """Stage 1: (scene, caption) pairs; twins share objects but not places (hard negatives)."""
+        """Stage 1: (scene, caption) pairs; twins differ in one attribute (hard negatives)."""
         images, captions = [], []
         n_twins = int(batch_size * twin_fraction) // 2
         for _ in range(n_twins):
-            layout = scenes.random_layout(self.rng, int(self.rng.integers(2, scenes.MAX_OBJECTS + 1)))
-            cells = [int(c) for c in self.rng.choice(9, size=len(layout), replace=False)]
-            moved = [(c, s, cell) for (c, s, _), cell in zip(layout, cells)]
-            for lay in (layout, moved):
+            layout = scenes.random_layout(self.rng)
+            for lay in (layout, scenes.perturb_layout(layout, self.rng)):
                 scene = self.scene(lay)
                 images.append(scene.image)
                 captions.append(scenes.describe(scene))

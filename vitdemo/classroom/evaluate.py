@@ -92,24 +92,29 @@ def evaluate_answers(model, processor, n_scenes: int, seed: int = HELD_OUT_SEED)
     return score_answers(items, answers)
 
 
-def caption_candidates(scene: scenes.Scene, rng: np.random.Generator, n: int = 5) -> list[str]:
-    """The true description first, then n-1 descriptions of other scenes with as many objects."""
+def caption_candidates(scene: scenes.Scene, rng: np.random.Generator, n: int = 5, hard: bool = False) -> list[str]:
+    """The true description first, then n-1 descriptions of other scenes with as many
+    objects, or (hard) of the same scene with one place, shape or colour changed."""
     truth = scenes.describe(scene)
+    layout = [(o.color, o.shape, o.cell) for o in scene.objects]
     out = [truth]
-    while len(out) < n:
-        other = scenes.describe(scenes.generate_scene(rng, size=24, n_objects=len(scene.objects),
+    for _ in range(200):
+        if len(out) == n:
+            break
+        other_layout = scenes.perturb_layout(layout, rng) if hard else None
+        other = scenes.describe(scenes.generate_scene(rng, size=24, n_objects=len(scene.objects), layout=other_layout,
                                                       style=scenes.SceneStyle(supersample=1)))
         if other not in out:
             out.append(other)
     return out
 
 
-def evaluate_zero_shot(clip, processor, n_scenes: int, seed: int = HELD_OUT_SEED + 1) -> float:
-    """Top-1 accuracy of picking the true caption among 5."""
+def evaluate_zero_shot(clip, processor, n_scenes: int, seed: int = HELD_OUT_SEED + 1, hard: bool = False) -> float:
+    """Top-1 accuracy of picking the true caption among 5 (hard: near-miss captions)."""
     rng = np.random.default_rng(seed)
     hits = []
     for _ in range(n_scenes):
         scene = scenes.generate_scene(rng, size=192)
-        match = match_captions(clip, processor, [scene.image], caption_candidates(scene, rng))
+        match = match_captions(clip, processor, [scene.image], caption_candidates(scene, rng, hard=hard))
         hits.append(match.picked[0] == 0)
     return float(np.mean(hits))

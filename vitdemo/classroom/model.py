@@ -52,8 +52,8 @@ CHAT_TEMPLATE = (
 class ClassroomArchitecture:
     """Sizes of the classroom model (the FINDINGS calibration: small learns binding sooner)."""
 
-    image_size: int = 64  # pixels per side after the processor's resize
-    patch_size: int = 8  # 64 / 8 = an 8x8 grid of image tokens
+    image_size: int = 96  # pixels per side after the processor's resize
+    patch_size: int = 12  # 96 / 12 = an 8x8 grid of image tokens; 12 px patches see shape edges
     vision_hidden: int = 96  # CLIP tower width
     vision_layers: int = 3
     vision_heads: int = 4

@@ -94,6 +94,34 @@ def random_layout(rng: np.random.Generator, n_objects: int | None = None) -> lis
     return [(*combos[int(i)], int(cell)) for i, cell in zip(picked, cells)]
 
 
+def perturb_layout(layout: list[tuple[str, str, int]], rng: np.random.Generator) -> list[tuple[str, str, int]]:
+    """The same scene but for one thing: places swapped, or one object's shape or colour.
+
+    Such hard negatives force the encoder to see every attribute: random other scenes
+    can be told apart by their colours alone, and then shape is never learned.
+    """
+    kind = int(rng.integers(3))
+    if kind == 0 and len(layout) > 1:  # places
+        cells = [cell for *_, cell in layout]
+        while True:
+            moved = [int(c) for c in rng.permutation(cells)]
+            if moved != cells:
+                break
+        return [(c, s, cell) for (c, s, _), cell in zip(layout, moved)]
+    i = int(rng.integers(len(layout)))
+    color, shape, cell = layout[i]
+    taken = {(c, s) for c, s, _ in layout}
+    if kind == 1 or len(layout) == 1 and kind == 0:  # shape
+        options = [(color, s) for s in SHAPES if (color, s) not in taken]
+    else:  # colour
+        options = [(c, shape) for c in COLORS if (c, shape) not in taken]
+    if not options:  # every alternative is taken: move the object to a free cell instead
+        free = [c for c in range(9) if c not in {cell for *_, cell in layout}]
+        return layout[:i] + [(color, shape, int(rng.choice(free)))] + layout[i + 1:]
+    new_color, new_shape = options[int(rng.integers(len(options)))]
+    return layout[:i] + [(new_color, new_shape, cell)] + layout[i + 1:]
+
+
 def generate_scene(rng: np.random.Generator, size: int = 192, n_objects: int | None = None,
                    style: SceneStyle = SceneStyle(),
                    layout: list[tuple[str, str, int]] | None = None) -> Scene:
