@@ -16,7 +16,7 @@ from vitdemo.capture import (
     estimate_capture_bytes,
     to_model,
 )
-from vitdemo.errors import GenerationError
+from vitdemo.errors import GenerationError, UnsupportedModelError
 from vitdemo.pointing import is_hit, peak_point
 
 ARCHS = ["tiny_llava_dir", "tiny_idefics3_dir", "tiny_qwen2vl_dir"]
@@ -128,8 +128,19 @@ def test_model_that_returns_no_weights_is_an_error(tiny_llava_dir, monkeypatch):
                         lambda *a, **k: (original(*a, **k)[0], None))
     model, processor = _load(tiny_llava_dir)
     images = _images()[:1]
-    with pytest.raises(GenerationError, match="no attention weights"):
+    with pytest.raises(UnsupportedModelError, match="no attention weights"):
         capture(model, processor, _prompt(processor, images), images, GREEDY)
+
+
+def test_no_weights_in_the_app_answers_without_maps(llava_engine, monkeypatch):
+    import transformers.models.llama.modeling_llama as llama
+
+    original = llama.eager_attention_forward
+    monkeypatch.setattr(llama, "eager_attention_forward",
+                        lambda *a, **k: (original(*a, **k)[0], None))
+    events = _ask(llava_engine)
+    assert events and all(e.result is None for e in events)
+    assert "no attention weights" in events[0].notice and events[-1].text
 
 
 def test_vision_attention_and_rollout(tiny_llava_dir):

@@ -21,7 +21,14 @@ from PIL import Image
 
 from vitdemo import heatmaps
 from vitdemo.attention import DEFAULT_SPEC, AttentionResult, MapSpec, TokenKind
-from vitdemo.capture import CaptureMemoryError, CaptureSettings, plan_capture, stream_capture, to_model
+from vitdemo.capture import (
+    CaptureMemoryError,
+    CaptureSettings,
+    NoAttentionWeightsError,
+    plan_capture,
+    stream_capture,
+    to_model,
+)
 from vitdemo.errors import UnsupportedModelError
 from vitdemo.layouts import build_layout
 
@@ -58,18 +65,26 @@ def stream_with_maps(engine: Any, conversation: Sequence[dict[str, Any]], images
     except (UnsupportedModelError, CaptureMemoryError) as err:
         notice = str(err)
         log.warning("answering without maps: %s", notice)
-    if notice is not None:
-        text = ""
-        for piece in stream_answer(engine, conversation, images, gen, stop_event=stop_event):
-            text += piece
-            yield MapsEvent(text, piece, None, None, notice)
-        return
-    with engine.locked():
-        if gen.seed is not None:
-            torch.manual_seed(gen.seed)
-        for step in stream_capture(engine.model, engine.processor, to_model(inputs, engine.model), images,
-                                   gen.generate_kwargs(), settings, stop_event, layout):
-            yield MapsEvent(step.text, step.token, step.index, step.result)
+    if notice is None:
+        yielded = False
+        try:
+            with engine.locked():
+                if gen.seed is not None:
+                    torch.manual_seed(gen.seed)
+                for step in stream_capture(engine.model, engine.processor, to_model(inputs, engine.model), images,
+                                           gen.generate_kwargs(), settings, stop_event, layout):
+                    yielded = True
+                    yield MapsEvent(step.text, step.token, step.index, step.result)
+            return
+        except NoAttentionWeightsError as err:
+            if yielded:
+                raise
+            notice = str(err)  # e.g. a model that cannot switch to eager attention
+            log.warning("answering without maps: %s", notice)
+    text = ""
+    for piece in stream_answer(engine, conversation, images, gen, stop_event=stop_event):
+        text += piece
+        yield MapsEvent(text, piece, None, None, notice)
 
 
 def attend(engine: Any, images: Sequence[Image.Image], question: str, gen: Any = None,

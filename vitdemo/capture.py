@@ -35,6 +35,10 @@ class CaptureMemoryError(GenerationError):
     """Capturing attention for this input would need more memory than allowed."""
 
 
+class NoAttentionWeightsError(UnsupportedModelError):
+    """The model's attention returned no weights even after the switch to eager."""
+
+
 @dataclass(frozen=True)
 class CaptureSettings:
     """Limits and options of a capturing pass."""
@@ -333,7 +337,7 @@ def stream_capture(model: Any, processor: Any, inputs: Any, images: Sequence[Any
                 with state.ready:  # the forward that produced this token has finished its hooks
                     state.ready.wait_for(lambda: state.forwards > step_index or state.missing > 0, timeout=60)
                 if state.missing:
-                    raise GenerationError(
+                    raise NoAttentionWeightsError(
                         f"{type(model).__name__} returned no attention weights from {state.missing} attention "
                         "call(s) even in eager mode; refusing to show empty maps")
                 if step_index == 0 and vision_modules and state.vision_missing == 0 and settings.vision:
