@@ -319,10 +319,10 @@ class Trainer:
         return self.acc.unwrap_model(self.model)
 
     def save_checkpoint(self) -> Path | None:
-        if not self.acc.is_main_process:
-            return None
-        self.acc.wait_for_everyone()
+        self.acc.wait_for_everyone()  # every process reaches the same step before the save
         final = self.ckpt_dir / f"step-{self.state.step:06d}"
+        if not self.acc.is_main_process or getattr(self, "_saved_step", None) == self.state.step:
+            return final  # other processes write nothing; a step is saved once
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
 
         def write(tmp: Path) -> None:
@@ -332,6 +332,7 @@ class Trainer:
             (tmp / "state.json").write_text(json.dumps(asdict(self.state)))
 
         _atomic_dir(final, write)
+        self._saved_step = self.state.step
         for old in list_checkpoints(self.ckpt_dir)[: -max(self.cfg.keep_checkpoints, 1)]:
             shutil.rmtree(old, ignore_errors=True)
         self.emit("checkpoint", step=self.state.step, path=str(final))

@@ -277,6 +277,7 @@ def start_job(home: str | os.PathLike, job: Job, *, resume: bool = False,
             cmd.append("--resume")
         job.update(status="running", error=None, resumed=resume)
         env = dict(os.environ, VITDEMO_HOME=str(Path(home).expanduser()), PYTHONUNBUFFERED="1")
+        env.setdefault("VITDEMO_RUNNER_NICE", "5")  # the server's chat keeps priority over training
         with job.log_path.open("ab") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     cwd=str(Path(__file__).resolve().parent.parent), env=env,
@@ -303,7 +304,8 @@ def stop_job(job: Job, wait_s: float = 0.0) -> dict[str, Any]:
     job.update(status="stopping")
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + wait_s
-    while wait_s and time.monotonic() < deadline and pid_alive(pid, must_contain=marker):
+    # Identity checked above; while exiting, a process's cmdline is already empty.
+    while wait_s and time.monotonic() < deadline and pid_alive(pid):
         time.sleep(0.1)
     return job.refresh()
 
