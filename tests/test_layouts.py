@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -137,3 +138,21 @@ def test_qwen2vl_grid_follows_image_grid_thw(tiny_qwen2vl_dir):
     layout = build_layout(_config(tiny_qwen2vl_dir), processor, inputs, images)
     t, h, w = inputs["image_grid_thw"][0].tolist()
     assert (layout.grid(0).rows, layout.grid(0).cols) == (h // 2, w // 2)
+
+
+CLASSROOM = Path(__file__).resolve().parent.parent / "assets" / "classroom"
+
+
+@pytest.mark.skipif(not (CLASSROOM / "config.json").is_file(), reason="assets/classroom not built yet")
+@pytest.mark.parametrize("sizes", [[(192, 192)], [(96, 96), (300, 200)]])
+def test_classroom_layout_token_count(sizes):
+    images = [Image.new("RGB", s, "white") for s in sizes]
+    processor, inputs = _inputs(CLASSROOM, images)
+    config = _config(CLASSROOM)
+    layout = build_layout(config, processor, inputs, images)
+    ids = inputs["input_ids"][0].numpy()
+    assert layout.n_tokens == int((ids == config.image_token_id).sum()) == 64 * len(images)
+    for i, size in enumerate(sizes):
+        grid = layout.grid(i)
+        assert (grid.rows, grid.cols) == (8, 8)
+        assert grid.box == (0.0, 0.0, float(size[0]), float(size[1]))  # squashed, never cropped
