@@ -1,0 +1,94 @@
+"""Chat-path overhead: time to first token and tokens/s through chat.stream_answer vs a bare
+model.generate on the same model, image and prompt.
+
+    python bench/chat_overhead.py [--model PATH] [--tokens 64] [--runs 5]
+
+Both generate exactly --tokens new tokens greedily (min_new_tokens = max_new_tokens).
+Bare time to first token = generate(max_new_tokens=1); the app's = first streamed text
+piece. Figures are medians. Target: overhead <= 10%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="model folder or id (default: the app's default model)")
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+
+    import torch
+
+    from vitdemo import chat
+    from vitdemo.config import EXAMPLES_DIR, setup_logging
+    from vitdemo.engine import Engine
+    from vitdemo.models.loading import load_model, resolve_model_source
+
+    setup_logging()
+    source = resolve_model_source(args.model, os.environ.get("VITDEMO_HOME") or tempfile.mkdtemp())
+    engine = Engine(load_model(source))
+    model, n = engine.model, args.tokens
+    model.generation_config.min_new_tokens = n  # same token count on both paths
+    image = chat.open_image(str(sorted(EXAMPLES_DIR.glob("*.png"))[0]))
+    conv = [chat.user_message("How many shapes are there?", 1)]
+    gen = chat.GenerationSettings(max_new_tokens=n)
+
+    def bare(max_new: int) -> float:
+        # Runs generate in a plain worker thread, as the app does: on this machine (2 cores
+        # shared with another job) torch's CPU kernels were ~17x slower in the main thread
+        # than in a worker thread, which would flatter the app instead of measuring it.
+        result: list[float] = []
+
+        def work() -> None:
+            t = time.perf_counter()
+            inputs = chat.build_inputs(engine.processor, conv, [image])  # same preprocessing, timed
+            with torch.inference_mode():
+                out = model.generate(**inputs, max_new_tokens=max_new, min_new_tokens=max_new, do_sample=False)
+            assert out.shape[-1] - inputs["input_ids"].shape[-1] == max_new
+            result.append(time.perf_counter() - t)
+
+        thread = threading.Thread(target=work)
+        thread.start()
+        thread.join()
+        return result[0]
+
+    def app() -> tuple[float, float]:
+        stats = chat.AnswerStats()
+        for _ in chat.stream_answer(engine, conv, [image], gen, stats=stats):
+            pass
+        assert stats.new_tokens == n, stats
+        return stats.first_token_s or float("nan"), stats.total_s
+
+    bare(n), app()  # warm-up
+    bare_ttft, bare_total, app_ttft, app_total = [], [], [], []
+    for _ in range(args.runs):  # interleaved
+        bare_ttft.append(bare(1))
+        bare_total.append(bare(n))
+        f, t = app()
+        app_ttft.append(f)
+        app_total.append(t)
+    med = statistics.median
+    bt, bT, at, aT = med(bare_ttft), med(bare_total), med(app_ttft), med(app_total)
+    print(f"model: {source} on {engine.device}; {n} new tokens, {args.runs} runs, medians")
+    print(f"time to first token: bare {bt * 1000:.1f} ms, app {at * 1000:.1f} ms "
+          f"(overhead {100 * (at - bt) / bt:+.1f}%)")
+    print(f"tokens/s:            bare {n / bT:.1f}, app {n / aT:.1f} "
+          f"(overhead {100 * (aT - bT) / bT:+.1f}% in total time)")
+
+
+if __name__ == "__main__":
+    main()
