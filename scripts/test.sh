@@ -14,7 +14,8 @@ if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
     $SUDO apt-get update -q && $SUDO apt-get install -y -q chromium
   else
-    echo "warning: no chromium and no apt-get: browser tests will be skipped" >&2
+    echo "error: Chromium is missing and there is no apt-get to install it; the browser tests need it" >&2
+    exit 1
   fi
 fi
 
