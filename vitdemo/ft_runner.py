@@ -90,6 +90,7 @@ def run_job(job_dir: str | os.PathLike, *, resume: bool = False, stop: StopFlag 
             loaded: Any = None) -> dict[str, Any]:
     """Run the job in `job_dir` to completion (or stop); returns the summary (also in results.json)."""
     from vitdemo.finetune import FinetuneConfig, Trainer, make_items, split_records, zip_adapter
+    from vitdemo.sft import exact_match
 
     started = time.perf_counter()
     job = Job(job_dir)
@@ -139,7 +140,7 @@ def run_job(job_dir: str | os.PathLike, *, resume: bool = False, stop: StopFlag 
             job.event({"event": "eval", "time": time.time(), "phase": "after", **after})
             examples = [{
                 "id": it.id, "image": str(r.images[0]) if r.images else None, "question": it.question,
-                "reference": it.reference, "base": b, "tuned": t,
+                "reference": it.reference, "base": b, "tuned": t, "correct": exact_match(t, it.reference),
             } for it, r, b, t in zip(trainer.eval_items, held_records, before_full.get("answers", []), res.answers)]
         else:
             examples = []
