@@ -244,6 +244,7 @@ def list_jobs(home: str | os.PathLike) -> list[dict[str, Any]]:
             data = Job(folder).refresh()
         except (VitdemoError, ValueError, OSError):
             continue
+        data["id"] = folder.name  # the folder name is the id open_job uses, whatever job.json says
         data["dir"] = str(folder)
         data["has_adapter"] = (folder / "adapter" / "adapter_config.json").is_file()
         out.append(data)
