@@ -32,7 +32,12 @@ if __name__ == "__main__":
         sys.exit(2)
 else:
     # Imported by Spaces (or `gradio app.py`): settings from env vars only.
+    import os
+
     from vitdemo.ui.app import build_ui
 
+    # Hosts that launch `demo` themselves may turn server-side rendering on through this
+    # variable; Gradio 6.27-6.32 have an auth bypass with it on.
+    os.environ["GRADIO_SSR_MODE"] = "False"
     setup_logging()
     demo = build_ui(Settings.from_env())

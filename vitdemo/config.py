@@ -50,7 +50,7 @@ class Settings:
     # --- server ---
     host: str = "127.0.0.1"  # bind address; 0.0.0.0 exposes the app to the network
     port: int = 7860  # HTTP port
-    auth: str | None = None  # "user:password" to require a login; None = open
+    auth: str | None = None  # "user:password", or a file of user:password lines, to require a login; None = open
     home: Path = field(default_factory=default_home)  # VITDEMO_HOME: jobs, built models
     queue_size: int = 16  # requests waiting in the queue before new ones are refused
     concurrency: int = 1  # generations running at once (the model is shared)
@@ -86,16 +86,41 @@ class Settings:
             raise InputError(
                 f"max_new_tokens={self.max_new_tokens} is above max_new_tokens_cap={self.max_new_tokens_cap}"
             )
-        if self.auth is not None and ":" not in self.auth:
-            raise InputError("auth must be 'user:password'")
+        if self.auth is not None:
+            self.auth_pairs  # reads and checks an auth file now, so a bad one fails at start
 
     @property
     def auth_pair(self) -> tuple[str, str] | None:
-        """(user, password) for gr.Blocks.launch(auth=...), or None."""
+        """The first (user, password) login, or None."""
+        pairs = self.auth_pairs
+        return pairs[0] if pairs else None
+
+    @property
+    def auth_pairs(self) -> list[tuple[str, str]]:
+        """Every (user, password) for gr.Blocks.launch(auth=...): from "user:password", or
+        from a file with one user:password per line (blank lines and # comments skipped)."""
         if not self.auth:
-            return None
-        user, _, password = self.auth.partition(":")
-        return user, password
+            return []
+        path = Path(self.auth).expanduser()
+        if ":" not in self.auth or path.is_file():
+            try:
+                lines = path.read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError) as err:
+                raise InputError(f"auth must be 'user:password' or a readable file of user:password "
+                                 f"lines; cannot read {self.auth!r} ({type(err).__name__})") from None
+            entries = [(i, ln.strip()) for i, ln in enumerate(lines, 1) if ln.strip() and not ln.startswith("#")]
+        else:
+            entries = [(0, self.auth)]
+        pairs = []
+        for line_no, entry in entries:
+            user, sep, password = entry.partition(":")
+            if not sep or not user or not password:
+                where = f"line {line_no} of {self.auth}" if line_no else "--auth"
+                raise InputError(f"{where}: expected user:password with both parts non-empty")
+            pairs.append((user, password))
+        if not pairs:
+            raise InputError(f"auth file {self.auth} has no user:password line")
+        return pairs
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
@@ -169,7 +194,7 @@ def add_arguments(parser: argparse.ArgumentParser, *, server: bool = True) -> No
     s = parser.add_argument_group("server")
     s.add_argument("--host", help="bind address (default 127.0.0.1)")
     s.add_argument("--port", type=int, help="HTTP port (default 7860)")
-    s.add_argument("--auth", help="require a login, 'user:password'")
+    s.add_argument("--auth", help="require a login: 'user:password' or a file of user:password lines")
     s.add_argument("--queue-size", dest="queue_size", type=int, help="max queued requests (default 16)")
     s.add_argument("--concurrency", type=int, help="generations at once (default 1)")
     s.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, help="default answer length (default 256)")

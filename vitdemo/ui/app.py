@@ -18,6 +18,7 @@ import gradio as gr  # noqa: E402
 
 from vitdemo.config import Settings  # noqa: E402
 from vitdemo.engine import Engine  # noqa: E402
+from vitdemo.errors import InputError  # noqa: E402
 from vitdemo.models.fallback import FALLBACK_DIRNAME  # noqa: E402
 from vitdemo.ui.chat import create_chat_tab  # noqa: E402
 
@@ -89,7 +90,7 @@ def launch_kwargs(settings: Settings) -> dict[str, Any]:
     return {
         "server_name": settings.host,
         "server_port": settings.port,
-        "auth": settings.auth_pair,
+        "auth": settings.auth_pairs or None,
         "ssr_mode": False,  # Gradio 6.27-6.32: auth bypass via a forged Host header with SSR on
         "max_file_size": f"{settings.max_upload_mb}mb",
         "show_error": True,
@@ -101,5 +102,10 @@ def launch(demo: gr.Blocks, settings: Settings, **overrides: Any) -> Any:
     """Start the server (blocking unless prevent_thread_lock=True is passed)."""
     kwargs = launch_kwargs(settings)
     kwargs.update(overrides)
+    if kwargs.get("share") and not kwargs.get("auth"):
+        raise InputError("a public share link needs a login: start with --auth user:password (or a file)")
+    if kwargs.get("server_name") not in ("127.0.0.1", "localhost", "::1") and not kwargs.get("auth"):
+        logger.warning("serving on %s without --auth: anyone who can reach this address can use the app",
+                       kwargs.get("server_name"))
     logger.info("serving on http://%s:%d", settings.host, settings.port)
     return demo.launch(**kwargs)
