@@ -51,9 +51,12 @@ class MapSpec:
         return f"{layers}, {heads}" + (", heads weighted equally" if self.equal_heads else "")
 
 
-# The default map, chosen with the pointing game on the classroom model (see
-# vitdemo/pointing.py and the note in docs/attention.md): the mean over every layer and
-# head of the answer token's attention to the image, renormalised over the image tokens.
+# The default map: the mean over every layer and head of the answer token's attention to
+# the image tokens, renormalised over them (heads weighted by how much they look at the
+# image). Compared with the pointing game (vitdemo/pointing.py) on classroom checkpoints
+# against single layers, single heads, equal head weights, top-share heads, decoder
+# rollout, value-norm weighting, gradient-weighted relevancy and gradient x input: none
+# beat it on held-out scenes, so it stays the model-agnostic default.
 DEFAULT_SPEC = MapSpec()
 
 
