@@ -13,8 +13,10 @@ import gradio as gr
 
 from vitdemo import attention_view as av
 from vitdemo.attend import View, stream_with_maps
+from vitdemo.data import open_image
 from vitdemo.errors import VitdemoError
 from vitdemo.heatmaps import COLORMAPS, DEFAULT_COLORMAP
+from vitdemo.images import DEFAULT_MAX_PIXELS
 
 log = logging.getLogger(__name__)
 
@@ -24,13 +26,15 @@ SPAN_COLORS = {"selected": "#ff9f1c"}
 def create_attention_tab(engine: Any, settings: Any = None) -> dict[str, Any]:
     """Build the tab's components inside the current Blocks context; returns them by name."""
     max_new_default = min(64, int(getattr(settings, "max_new_tokens", 64) or 64))
+    max_pixels = int(getattr(settings, "max_image_pixels", DEFAULT_MAX_PIXELS) or DEFAULT_MAX_PIXELS)
     session = gr.State(av.AttentionSession())
     gr.Markdown("Ask about an image. Each word's attention map appears as it is written; "
                 "click any word of the answer or the question to see where it looked.")
     with gr.Row():
         with gr.Column(scale=1):
-            image = gr.Image(type="pil", label="Image", elem_id="attn-image", height=260)
-            image2 = gr.Image(type="pil", label="Second image (optional)", height=120)
+            # filepath: Gradio does not decode; vitdemo.data.open_image checks the pixel limit first.
+            image = gr.Image(type="filepath", label="Image", elem_id="attn-image", height=260)
+            image2 = gr.Image(type="filepath", label="Second image (optional)", height=120)
             question = gr.Textbox(label="Question", placeholder="What colour is the circle?",
                                   elem_id="attn-question")
             with gr.Row():
@@ -110,7 +114,11 @@ def create_attention_tab(engine: Any, settings: Any = None) -> dict[str, Any]:
             raise gr.Error("Upload an image first.")
         if not (q or "").strip():
             raise gr.Error("Type a question.")
-        s = av.AttentionSession(images=[i.convert("RGB") for i in images])
+        try:
+            opened = [open_image(i, max_pixels=max_pixels) for i in images]
+        except VitdemoError as err:
+            raise gr.Error(str(err), print_exception=False) from None
+        s = av.AttentionSession(images=opened)
         content = [{"type": "image"} for _ in images] + [{"type": "text", "text": q}]
         gen = GenerationSettings(max_new_tokens=int(max_new_v))
         try:
