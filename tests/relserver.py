@@ -104,6 +104,7 @@ class ForwardSpy:
     def __init__(self, model: Any, delay_s: float = 0.0, fail: Callable[[int], BaseException | None] | None = None):
         self.model = model
         self.inner = model.forward
+        self.__wrapped__ = self.inner  # generate() reads forward's signature through this
         self.delay_s = delay_s  # sleep per forward: makes a generation slow enough to race with
         self.fail = fail  # fail(call_number) -> an exception to raise instead, or None
         self.calls = 0
