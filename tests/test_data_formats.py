@@ -301,3 +301,19 @@ def test_typed_pairs_problems(tmp_path: Path) -> None:
     assert any(m.startswith("2:error:image 'img/none.png' not found") for m in msgs)
     assert any(m.startswith("3:error:the answer (response) is empty") for m in msgs)
     assert report.records[1].id == "pair 2"
+
+
+def test_split_field_sets_held_out(tmp_path: Path) -> None:
+    from vitdemo.finetune import split_records
+
+    _images(tmp_path)
+    rows = [{"image": "img/red.png", "question": "q", "answer": "a", "split": s}
+            for s in ("train", "test", "validation", None)]
+    rows.append({"image": "img/red.png", "question": "q", "answer": "a", "split": "later"})
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    report = load_dataset(tmp_path / "d.jsonl")
+    assert [r.split for r in report.records[:4]] == ["train", "held_out", "held_out", None]
+    assert any("split 'later' is unknown" in p.message for p in report.all_problems())
+    train, held = split_records(report.usable_records(drop_bad=True), 0.5, seed=0)
+    assert [r.line for r in held] == [2, 3] and [r.line for r in train] == [1, 4]
+    assert report.summary()["held_out_in_file"] == 2

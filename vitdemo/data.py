@@ -111,7 +111,7 @@ class DatasetReport:
         good = self.good
         if not good:
             raise DatasetError("no usable records: every record has a problem (see the report)")
-        return [Record(r.messages, [str(p) for p in self.images_in(r)], r.line, r.id) for r in good]
+        return [Record(r.messages, [str(p) for p in self.images_in(r)], r.line, r.id, split=r.split) for r in good]
 
     def images_in(self, record: Record) -> list[Path]:
         return [resolve_image_path(self.root, self.annotation, p)[0] for p in record.images]
@@ -126,6 +126,7 @@ class DatasetReport:
             "bad": len(self.bad) + sum(p.line is not None and p.severity == "error" for p in self.problems),
             "images": len({p for r in self.records for p in r.images}),
             "turns": sum(r.n_turns for r in self.records),
+            "held_out_in_file": sum(r.split == "held_out" for r in self.records),
             "errors": self.n_errors,
             "warnings": sum(p.severity == "warning" for p in self.all_problems()),
             "tokens_min": min(lengths) if lengths else None,
@@ -339,7 +340,7 @@ def save_records(records: Sequence[Record], report: DatasetReport, out: str | os
     with tmp.open("w", encoding="utf-8") as fh:
         for r in records:
             fh.write(json.dumps({
-                "id": r.id, "line": r.line, "messages": r.messages,
+                "id": r.id, "line": r.line, "split": r.split, "messages": r.messages,
                 "images": [str(p) for p in report.images_in(r)],
             }, ensure_ascii=False) + "\n")
     os.replace(tmp, out)
@@ -352,5 +353,6 @@ def read_records(path: str | os.PathLike) -> list[Record]:
     for line in Path(path).read_text(encoding="utf-8").splitlines():
         if line.strip():
             obj = json.loads(line)
-            out.append(Record(obj["messages"], obj["images"], obj.get("line", 0), obj.get("id", "")))
+            out.append(Record(obj["messages"], obj["images"], obj.get("line", 0), obj.get("id", ""),
+                              split=obj.get("split")))
     return out

@@ -72,6 +72,7 @@ class Record:
     line: int  # 1-based line where the record starts
     id: str = ""
     problems: list[Problem] = field(default_factory=list)
+    split: str | None = None  # "train" | "held_out" when the file says so; None = the job decides
 
     @property
     def ok(self) -> bool:
@@ -179,6 +180,19 @@ class _RecordBuilder:
         self.messages: list[dict] = []
         self.images: list[str] = []
         self.problems: list[Problem] = []
+        self.split: str | None = None
+
+    def set_split(self, value: Any) -> None:
+        """An optional "split" field: train, or test/eval/validation/held_out (kept for evaluation)."""
+        if value in (None, ""):
+            return
+        key = str(value).strip().lower()
+        if key in ("train", "training"):
+            self.split = "train"
+        elif key in ("test", "eval", "evaluation", "validation", "val", "dev", "held_out", "heldout", "held-out"):
+            self.split = "held_out"
+        else:
+            self.error(f"split {value!r} is unknown", 'use "train" or "test" (held out for evaluation)')
 
     def error(self, message: str, fix: str) -> None:
         self.problems.append(Problem(self.line, message, fix, "error", self.id))
@@ -254,7 +268,7 @@ class _RecordBuilder:
 
     def finish(self, placeholders_expected: bool) -> Record:
         self._check_structure(placeholders_expected)
-        return Record(self.messages, self.images, self.line, self.id, self.problems)
+        return Record(self.messages, self.images, self.line, self.id, self.problems, self.split)
 
     def _check_structure(self, placeholders_expected: bool) -> None:
         if any(p.severity == "error" for p in self.problems):
@@ -491,6 +505,7 @@ def parse_annotation_text(text: str, name: str, limits: ParseLimits = ParseLimit
         if not isinstance(obj, dict):
             b.error(f"the record is {_type_name(obj)}, not an object", "write each record as {...}")
         else:
+            b.set_split(obj.get("split"))
             _READERS[fmt](obj, b)
         records.append(b.finish(placeholders_expected=fmt != "simple"))
     return ParseResult(fmt, records, problems, n_seen)
@@ -547,6 +562,8 @@ def _parse_csv(text: str, name: str, limits: ParseLimits, delimiter: str) -> Par
             continue
         obj = {"image": row[found["image"]], "instruction": row[found["instruction"]],
                "response": row[found["response"]]}
+        if "split" in cols:
+            b.set_split(row[cols["split"]])
         _record_from_simple(obj, b)
         records.append(b.finish(False))
     return ParseResult("simple", records, problems, n_seen)

@@ -31,7 +31,7 @@ import torch
 from vitdemo.dataset_formats import Record
 from vitdemo.errors import InputError, VitdemoError
 from vitdemo.ft_eval import EvalItem, EvalResult, eval_loss, evaluate
-from vitdemo.sft import collate, encode_conversation
+from vitdemo.sft import IGNORE_INDEX, collate, encode_conversation
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,8 @@ class FinetuneConfig:
     dropout: float = 0.0  # LoRA dropout; small datasets trained briefly do not need it
     target_modules: list[str] | None = None  # None = the language model's attention + MLP linears
     train_projector: bool = False  # also train the vision->text projector in full (modules_to_save)
+    train_answer_tokens: bool = True  # also train the embedding rows of the tokens the answers use
+    #   (peft trainable tokens): words the base never produced (a new language) need their own rows
     # --- optimisation ---
     epochs: float = 3.0  # passes over the training split ...
     min_steps: int = 60  # ... but at least this many steps (small datasets need repetition)
@@ -66,7 +68,7 @@ class FinetuneConfig:
     max_grad_norm: float = 1.0  # gradient clipping (0 = off)
     seed: int = 0  # split, data order and LoRA initialisation
     # --- data ---
-    eval_fraction: float = 0.1  # held-out share of the records (at least 1 when there are >= 10)
+    eval_fraction: float = 0.1  # held-out share (at least 1 of >= 10); a file's own "split" field wins
     max_eval_examples: int = 64  # cap on held-out examples generated for exact match
     max_new_tokens: int = 32  # answer length when generating held-out answers
     # --- job ---
@@ -109,7 +111,10 @@ class FinetuneConfig:
 # ---------------------------------------------------------------- data
 
 def split_records(records: Sequence[Record], fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
-    """Deterministic train / held-out split (held-out: round(fraction * n), >= 1 when n >= 10)."""
+    """Train / held-out split. The file's own split when it has one ("split": "test" records are
+    held out, all others train); else deterministic: round(fraction * n) held out, >= 1 when n >= 10."""
+    if any(r.split == "held_out" for r in records):
+        return [r for r in records if r.split != "held_out"], [r for r in records if r.split == "held_out"]
     n = len(records)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     n_held = int(round(fraction * n))
@@ -174,8 +179,10 @@ def is_quantized(model: Any) -> bool:
                 or getattr(model, "hf_quantizer", None) is not None)
 
 
-def attach_lora(model: Any, cfg: FinetuneConfig) -> Any:
-    """Wrap `model` in a PeftModel with fresh LoRA weights (QLoRA prep when it is quantized)."""
+def attach_lora(model: Any, cfg: FinetuneConfig, answer_token_ids: Sequence[int] = ()) -> Any:
+    """Wrap `model` in a PeftModel with fresh LoRA weights (QLoRA prep when it is quantized).
+
+    With cfg.train_answer_tokens, the embedding rows of `answer_token_ids` train too."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     torch.manual_seed(cfg.seed)
@@ -194,6 +201,7 @@ def attach_lora(model: Any, cfg: FinetuneConfig) -> Any:
         lora_dropout=cfg.dropout,
         target_modules=cfg.target_modules or lora_targets(model),
         modules_to_save=modules_to_save,
+        trainable_token_indices=sorted(set(answer_token_ids)) if cfg.train_answer_tokens and answer_token_ids else None,
         bias="none",
     )
     peft_model = get_peft_model(model, lora)
@@ -271,7 +279,8 @@ class Trainer:
         tok = processor.tokenizer
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         self.state = TrainState(total_steps=self.planned_steps(len(self.train_items)))
-        self.model = attach_lora(model, cfg)
+        answer_ids = {t for it in self.train_items for t in it.encoded["labels"] if t != IGNORE_INDEX}
+        self.model = attach_lora(model, cfg, sorted(answer_ids))
         self.model.train()
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)

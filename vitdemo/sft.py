@@ -62,9 +62,12 @@ def encode_conversation(processor: Any, messages: list[dict], images: Sequence[A
             continue
         k = _n_images(messages[:i])
         prefix = _processor_call(processor, render(processor, messages[:i], add_generation_prompt=True), images[:k])
-        upto = _processor_call(processor, render(processor, messages[: i + 1]), images[:k])
         start = _common_prefix(ids, prefix["input_ids"][0].tolist())
-        end = _common_prefix(ids, upto["input_ids"][0].tolist())
+        if i == len(messages) - 1:
+            end = len(ids)  # the last answer runs to the end (saves one processor call per record)
+        else:
+            upto = _processor_call(processor, render(processor, messages[: i + 1]), images[:k])
+            end = _common_prefix(ids, upto["input_ids"][0].tolist())
         if end <= start:
             raise ValueError(f"answer {i} has no tokens after the prompt (prompt {start}, turn end {end})")
         labels[start:end] = ids[start:end]
