@@ -15,11 +15,13 @@ half-written file behind; on any failure, everything written so far is removed.
 from __future__ import annotations
 
 import logging
+import lzma
 import os
 import shutil
 import stat
 import struct
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -171,7 +173,8 @@ def _extract_one(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, limit
                     raise DatasetError(f"archive expands to more than {limits.max_total_bytes:,} bytes")
                 dst.write(chunk)
         os.replace(tmp, target)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError, RuntimeError) as exc:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError, RuntimeError,
+            zlib.error, lzma.LZMAError, OSError) as exc:  # corrupt deflate/lzma/bz2 streams
         raise DatasetError(f"archive member {info.filename!r} cannot be read: {exc}") from None
     finally:
         if tmp.exists():
