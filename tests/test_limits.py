@@ -220,3 +220,27 @@ def test_temp_files_have_a_time_to_live(engine: Engine, tiny_llava_dir: Path, tm
     demo = build_ui(Settings(model=str(tiny_llava_dir), home=tmp_path), engine)
     frequency, age = demo.delete_cache
     assert 0 < frequency <= 3600 and 0 < age <= 24 * 3600, demo.delete_cache
+
+
+def test_corrupt_deflate_stream_in_a_zip_is_a_dataset_error(tmp_path: Path) -> None:
+    """Found by bench/fuzz_loaders.py: a damaged deflate stream raised zlib.error."""
+    import io
+    import zipfile
+
+    from vitdemo.archive import extract_zip
+    from vitdemo.errors import DatasetError
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("train.jsonl", "".join(f'{{"image": "{i}.png", "question": "What?", "answer": "red"}}\n'
+                                           for i in range(200)))
+    data = bytearray(buf.getvalue())
+    start = 30 + len("train.jsonl")  # the member's compressed bytes follow its local header
+    for offset in range(start + 5, start + 40, 3):
+        data[offset] ^= 0x5A
+    path = tmp_path / "broken.zip"
+    path.write_bytes(bytes(data))
+    (tmp_path / "out").mkdir()
+    with pytest.raises(DatasetError, match="cannot be read|damaged"):
+        extract_zip(path, tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []
