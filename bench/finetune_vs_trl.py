@@ -46,7 +46,7 @@ def _setup(args: argparse.Namespace):
     # Plain LoRA for both: TRL patches the output layer with a fused loss that cannot wrap
     # peft's trainable token rows (AttributeError: 'TrainableTokensWrapper' has no 'bias').
     cfg = FinetuneConfig(max_steps=args.steps, batch_size=args.batch, lr=2e-3, checkpoint_every=0, eval_fraction=0.1,
-                         train_answer_tokens=False)
+                         train_new_tokens=False)
     train, _ = split_records(report.usable_records(), cfg.eval_fraction, cfg.seed)
     return loaded, cfg, train, tmp
 

@@ -98,7 +98,9 @@ def test_only_lora_parameters_change(tiny_llava_dir: Path, records, tmp_path: Pa
     changed = {n for n in before if not torch.equal(before[n], after[n])}
     trainable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
     assert changed and changed <= trainable
-    assert all("lora_" in n or "modules_to_save" in n for n in trainable)
+    assert all("lora_" in n or "modules_to_save" in n or "trainable_tokens_delta" in n for n in trainable)
+    assert trainer.new_tokens  # the Chinese answer bytes are new to the random model: their rows train
+    assert any("trainable_tokens_delta" in n for n in changed)
     if train_projector:
         assert any("multi_modal_projector.modules_to_save" in n for n in changed)
     else:
@@ -198,6 +200,19 @@ def test_short_finetune_learns(tiny_llava_dir: Path, records, tmp_path: Path) ->
     # Held-out images, answered in Chinese: most right (measured: 8/8 with this seed).
     assert after.exact_match >= 0.75, (before.loss, after.loss, after.answers)
     assert all(a.endswith("色") for a in after.answers), after.answers
+
+
+def test_new_tokens_are_the_ones_the_base_does_not_produce(tiny_llava_dir: Path, records, tmp_path: Path) -> None:
+    from vitdemo.finetune import new_answer_tokens
+
+    model, processor = _load(tiny_llava_dir)
+    items = make_items(processor, records[:8])
+    eos = processor.tokenizer.eos_token_id
+    assert eos in new_answer_tokens(model, items, processor.tokenizer.pad_token_id, FinetuneConfig())
+    # A threshold of 0 marks nothing new; 1.0 marks every answer token.
+    assert new_answer_tokens(model, items, 0, FinetuneConfig(new_token_prob=0.0)) == []
+    all_ids = {t for it in items for t in it.encoded["labels"] if t != -100}
+    assert set(new_answer_tokens(model, items, 0, FinetuneConfig(new_token_prob=1.0))) == all_ids
 
 
 def test_split_is_deterministic_and_disjoint(records) -> None:

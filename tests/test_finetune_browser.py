@@ -76,7 +76,7 @@ def test_upload_check_train_compare_and_ask(finetune_app, artifacts_dir: Path, t
         page.locator("#ft-check").click()
         page.get_by_text("Ready to train.").wait_for(timeout=60_000)
         report = page.locator("#ft-report").inner_text()
-        assert "240" in report and "llava" in report
+        assert "300" in report and "llava" in report
         assert page.locator("#ft-gallery img").count() >= 6
         page.screenshot(path=str(artifacts_dir / "finetune_1_checked.png"), full_page=True)
 

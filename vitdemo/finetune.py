@@ -53,8 +53,9 @@ class FinetuneConfig:
     dropout: float = 0.0  # LoRA dropout; small datasets trained briefly do not need it
     target_modules: list[str] | None = None  # None = the language model's attention + MLP linears
     train_projector: bool = False  # also train the vision->text projector in full (modules_to_save)
-    train_answer_tokens: bool = True  # also train the embedding rows of the tokens the answers use
-    #   (peft trainable tokens): words the base never produced (a new language) need their own rows
+    train_new_tokens: bool = True  # also train the embedding rows of "new" answer tokens (peft trainable
+    #   tokens): words the base model does not produce (a new language) need their rows moved
+    new_token_prob: float = 0.01  # an answer token is new if the base gives it less than this mean probability
     # --- optimisation ---
     epochs: float = 3.0  # passes over the training split ...
     min_steps: int = 60  # ... but at least this many steps (small datasets need repetition)
@@ -62,6 +63,7 @@ class FinetuneConfig:
     batch_size: int = 8  # examples per optimizer step (per process)
     grad_accum: int = 1  # micro-batches accumulated per step (effective batch = batch_size * this)
     lr: float = 2e-3  # peak learning rate; LoRA tolerates far higher rates than full tuning
+    token_lr_scale: float = 10.0  # new-token rows learn this many times faster (they start far off)
     weight_decay: float = 0.0  # AdamW weight decay on the LoRA weights
     warmup_ratio: float = 0.1  # fraction of steps with a linear warm-up
     schedule: str = "cosine"  # cosine | linear | constant (after warm-up)
@@ -86,6 +88,7 @@ class FinetuneConfig:
             (self.epochs > 0 or self.max_steps > 0, "epochs or max_steps must be positive"),
             (self.batch_size >= 1 and self.grad_accum >= 1, "batch_size and grad_accum must be >= 1"),
             (0 < self.lr < 1, f"lr must be in (0, 1), got {self.lr}"),
+            (self.token_lr_scale > 0, f"token_lr_scale must be > 0, got {self.token_lr_scale}"),
             (0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}"),
             (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}"),
             (0 <= self.eval_fraction < 1, f"eval_fraction must be in [0, 1), got {self.eval_fraction}"),
@@ -182,7 +185,7 @@ def is_quantized(model: Any) -> bool:
 def attach_lora(model: Any, cfg: FinetuneConfig, answer_token_ids: Sequence[int] = ()) -> Any:
     """Wrap `model` in a PeftModel with fresh LoRA weights (QLoRA prep when it is quantized).
 
-    With cfg.train_answer_tokens, the embedding rows of `answer_token_ids` train too."""
+    With cfg.train_new_tokens, the embedding rows of `answer_token_ids` train too."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     torch.manual_seed(cfg.seed)
@@ -201,7 +204,7 @@ def attach_lora(model: Any, cfg: FinetuneConfig, answer_token_ids: Sequence[int]
         lora_dropout=cfg.dropout,
         target_modules=cfg.target_modules or lora_targets(model),
         modules_to_save=modules_to_save,
-        trainable_token_indices=sorted(set(answer_token_ids)) if cfg.train_answer_tokens and answer_token_ids else None,
+        trainable_token_indices=sorted(set(answer_token_ids)) if cfg.train_new_tokens and answer_token_ids else None,
         bias="none",
     )
     peft_model = get_peft_model(model, lora)
@@ -210,6 +213,39 @@ def attach_lora(model: Any, cfg: FinetuneConfig, answer_token_ids: Sequence[int]
     logger.info("LoRA r=%d alpha=%g: %d trainable of %d parameters (%.2f%%)", cfg.rank, cfg.alpha, n_train, n_all,
                 100.0 * n_train / max(n_all, 1))
     return peft_model
+
+
+@torch.no_grad()
+def new_answer_tokens(model: Any, items: Sequence[EvalItem], pad_id: int, cfg: FinetuneConfig,
+                      batch_size: int = 16) -> list[int]:
+    """Answer tokens the base model does not produce: mean probability < cfg.new_token_prob.
+
+    One forward pass over the training answers. Only these tokens' rows train, so tokens the
+    base already uses (English words, the end-of-turn token) keep their meaning elsewhere.
+    """
+    from vitdemo.ft_eval import model_device
+
+    was_training = model.training
+    model.eval()
+    device = model_device(model)
+    sums: dict[int, float] = {}
+    counts: dict[int, int] = {}
+    for start in range(0, len(items), batch_size):
+        batch = collate([it.encoded for it in items[start:start + batch_size]], pad_id)
+        labels = batch.pop("labels")[:, 1:]  # (B, T-1): token t is predicted at t-1
+        batch = {k: v.to(device) for k, v in batch.items()}
+        probs = model(**batch).logits[:, :-1].float().softmax(-1).cpu()  # (B, T-1, V)
+        mask = labels != IGNORE_INDEX
+        ids = labels[mask]  # (N,)
+        p = probs[mask].gather(1, ids[:, None])[:, 0]  # (N,)
+        for tok, prob in zip(ids.tolist(), p.tolist()):
+            sums[tok] = sums.get(tok, 0.0) + prob
+            counts[tok] = counts.get(tok, 0) + 1
+    model.train(was_training)
+    new = sorted(t for t in sums if sums[t] / counts[t] < cfg.new_token_prob)
+    logger.info("%d of %d answer tokens are new to the base model (mean probability < %g)", len(new), len(sums),
+                cfg.new_token_prob)
+    return new
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -279,11 +315,16 @@ class Trainer:
         tok = processor.tokenizer
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         self.state = TrainState(total_steps=self.planned_steps(len(self.train_items)))
-        answer_ids = {t for it in self.train_items for t in it.encoded["labels"] if t != IGNORE_INDEX}
-        self.model = attach_lora(model, cfg, sorted(answer_ids))
+        self.new_tokens = new_answer_tokens(model, self.train_items, self.pad_id, cfg) if cfg.train_new_tokens else []
+        self.model = attach_lora(model, cfg, self.new_tokens)
         self.model.train()
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        rows = [p for n, p in named if "trainable_tokens_delta" in n]
+        rest = [p for n, p in named if "trainable_tokens_delta" not in n]
+        groups = [{"params": rest, "lr": cfg.lr}]
+        if rows:
+            groups.append({"params": rows, "lr": cfg.lr * cfg.token_lr_scale, "weight_decay": 0.0})
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = self._make_scheduler()
         self.model, self.optimizer = self.acc.prepare(self.model, self.optimizer)
 
