@@ -21,7 +21,7 @@ def _free_port() -> int:
 
 @pytest.fixture()
 def attention_app(tiny_llava_dir):
-    gr = pytest.importorskip("gradio")
+    import gradio as gr
     from vitdemo.engine import Engine
     from vitdemo.models.loading import load_model
     from vitdemo.ui.attention import create_attention_tab
@@ -56,7 +56,7 @@ def _scene_png(path: Path) -> Path:
 
 
 def test_ask_click_word_overlay_changes(attention_app, artifacts_dir, tmp_path):
-    sync_api = pytest.importorskip("playwright.sync_api")
+    import playwright.sync_api as sync_api
     image_path = _scene_png(tmp_path / "scene.png")
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=[

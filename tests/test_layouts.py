@@ -143,7 +143,6 @@ def test_qwen2vl_grid_follows_image_grid_thw(tiny_qwen2vl_dir):
 CLASSROOM = Path(__file__).resolve().parent.parent / "assets" / "classroom"
 
 
-@pytest.mark.skipif(not (CLASSROOM / "config.json").is_file(), reason="assets/classroom not built yet")
 @pytest.mark.parametrize("sizes", [[(192, 192)], [(96, 96), (300, 200)]])
 def test_classroom_layout_token_count(sizes):
     images = [Image.new("RGB", s, "white") for s in sizes]
