@@ -97,6 +97,11 @@ def _prompt_inputs(engine: Any, image, question: str) -> dict:
     return dict(chat.build_inputs(engine.processor, conversation, [image]))
 
 
+def _clip(text: str, limit: int = 70) -> str:
+    """Untrained stages babble; keep the table readable."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _fmt(values: list[float], n: int = 8) -> str:
     shown = ", ".join(f"{v:+.2f}" for v in values[:n])
     return f"[{shown}{', ...' if len(values) > n else ''}]"
@@ -183,7 +188,7 @@ def _stage_view(engine: Any, example: int):
     except VitdemoError as err:
         raise gr.Error(str(err)) from err
     notes = "\n".join(f"{i}. **{r.name}** ({r.seconds / 60:.1f} min): {r.note}" for i, r in enumerate(records, 1))
-    rows = [[r.name, a["question"], a["expected"], a["answer"], "yes" if a["answer"] == a["expected"] else "no"]
+    rows = [[r.name, a["question"], a["expected"], _clip(a["answer"]), "yes" if a["answer"] == a["expected"] else "no"]
             for r in records for a in r.answers_after if a["example"] == int(example)]
     return notes, plots.loss_curves(records), rows
 
