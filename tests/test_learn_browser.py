@@ -47,12 +47,22 @@ def test_section2_contrastive_picks_a_caption(learn_page, artifacts_dir):
     page.get_by_role("button", name="Suggest captions").click()
     captions = page.get_by_label("Captions, one per line")
     expect(captions).not_to_have_value("", timeout=60_000)
-    first = captions.input_value().splitlines()[0]
+    texts = [c for c in captions.input_value().splitlines() if c.strip()]
+    assert len(texts) >= 2
     page.get_by_role("button", name="Match").click()
-    expect(page.get_by_text("The encoders pick")).to_be_visible(timeout=60_000)
-    # The first suggestion is the model's own description of the example: it should win.
-    assert first.strip()
-    assert first in page.get_by_text("The encoders pick").inner_text()
+    shown = page.get_by_text("The encoders pick")
+    expect(shown).to_be_visible(timeout=60_000)
+    # Recompute from the contrastive encoders on the same image and captions.
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    from vitdemo.classroom.report import load_contrastive
+    from vitdemo.learn.contrastive import match_captions
+
+    image = Image.open(sorted((CLASSROOM_DIR / "examples").glob("*.png"))[0]).convert("RGB")
+    match = match_captions(load_contrastive(CLASSROOM_DIR), AutoProcessor.from_pretrained(CLASSROOM_DIR), [image], texts)
+    best = match.picked[0]
+    assert f"pick {match.captions[best]} (probability {match.probs[0][best]:.2f})" in shown.inner_text()
     _shot(page, artifacts_dir, "2-contrastive")
 
 
@@ -83,3 +93,19 @@ def test_presentation_mode_and_keyboard_navigation(learn_page, artifacts_dir):
     page.locator("#learn-fewshot-run").click()
     expect(page.get_by_text(re.compile("The examples (did not change|changed) the answer"))).to_be_visible(timeout=60_000)
     _shot(page, artifacts_dir, "5-fewshot")
+
+
+def test_section4_before_after_with_the_shipped_adapter(learn_page, artifacts_dir):
+    from playwright.sync_api import expect
+
+    page = learn_page
+    page.get_by_role("radio", name="4. Before and after fine-tuning").check()
+    page.locator("#learn-compare-run").click()
+    tuned = page.get_by_label("Fine-tuned model answers")
+    expect(tuned).not_to_have_value("", timeout=60_000)
+    # The shipped adapter answers colour questions in Chinese; the base model in English.
+    assert any("\u4e00" <= ch <= "\u9fff" for ch in tuned.input_value()), tuned.input_value()
+    base = page.get_by_label("Base model answers").input_value()
+    assert base and not any("\u4e00" <= ch <= "\u9fff" for ch in base), base
+    expect(page.locator("#learn-compare-diff img")).to_be_visible(timeout=30_000)
+    _shot(page, artifacts_dir, "4-before-after")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import zlib
 import logging
 from pathlib import Path
 from typing import Any, Iterator
@@ -176,7 +177,7 @@ def _suggest_captions(engine: Any, image_path: str) -> str:
         described = chat.answer(engine, [chat.user_message("Describe the image.", n_images=1)], [image])
     except VitdemoError as err:
         raise gr.Error(str(err)) from err
-    rng = np.random.default_rng(abs(hash(described)) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(described.encode()))  # same image, same suggestions
     others = [scenes.describe(scenes.generate_scene(rng, size=24, style=scenes.SceneStyle(supersample=1)))
               for _ in range(4)]
     return "\n".join([c for c in (described, *others) if c.strip()])

@@ -44,14 +44,14 @@ def create_compare_section(engine: Any, home: Any, first_image: str | None) -> N
                                   label="Fine-tuned adapter (shipped examples and your finished jobs)")
             refresh = gr.Button("Refresh the list", size="sm")
             cmap = gr.Dropdown(["jet", "viridis", "inferno", "magma"], value="jet", label="Colormap")
-            run = gr.Button("Compare", variant="primary")
+            run = gr.Button("Compare", variant="primary", elem_id="learn-compare-run")
     with gr.Row():
         base_answer = gr.Textbox(label="Base model answers")
         tuned_answer = gr.Textbox(label="Fine-tuned model answers")
     with gr.Row():
         base_map = gr.Image(label="Base: where the first answer word looked", type="pil")
         tuned_map = gr.Image(label="Fine-tuned: where it looked", type="pil")
-        diff_map = gr.Image(label="Difference (red: more, blue: less)", type="pil")
+        diff_map = gr.Image(label="Difference (red: more, blue: less)", type="pil", elem_id="learn-compare-diff")
     refresh.click(lambda: gr.update(choices=adapters()), None, [adapter])
     run.click(lambda *a: _run(engine, *a), [image, question, adapter, cmap],
               [base_answer, tuned_answer, base_map, tuned_map, diff_map])
