@@ -183,15 +183,15 @@ def summarise(requests: list[Request], refs: list[tuple[str, str]], single_s: fl
 
 
 def start_finetune(home: Path, model: str) -> Any:
-    """A small fine-tune job on the example dataset, through the job API; returns the Popen."""
+    """A small fine-tune job on a shipped example dataset, through the job API; returns the Popen."""
     from vitdemo import jobs
+    from vitdemo.data import ingest_upload, load_dataset, save_records
 
-    job = jobs.new_job(home, model=model, config={"epochs": 50, "min_steps": 200, "batch_size": 2})
-    from vitdemo.data import load_dataset, save_records  # noqa: F401 - the job's own data path
-
-    dataset = ROOT / "assets" / "datasets"
-    report = load_dataset(next(p for p in sorted(dataset.iterdir()) if p.is_dir() or p.suffix == ".zip"))
-    save_records(report.usable_records(drop_bad=True), job.records_path)
+    job = jobs.new_job(home, model=model, config={"max_steps": 50_000, "batch_size": 2, "max_eval_examples": 4,
+                                                  "checkpoint_every": 1000})
+    ingest_upload([ROOT / "assets" / "datasets" / "shape_at.zip"], job.data_dir)
+    report = load_dataset(job.data_dir)
+    save_records(report.usable_records(drop_bad=True), report, job.records_path)
     return jobs.start_job(home, job)
 
 
