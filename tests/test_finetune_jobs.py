@@ -59,7 +59,7 @@ def test_open_job_refuses_paths(tmp_path: Path) -> None:
 
 def test_job_lifecycle_kill_stop_resume(tmp_path: Path, tiny_llava_dir: Path) -> None:
     home = tmp_path / "home"
-    job = _make_job(home, tiny_llava_dir, max_steps=60, batch_size=4, checkpoint_every=4, lr=5e-3,
+    job = _make_job(home, tiny_llava_dir, max_steps=300, batch_size=4, checkpoint_every=4, lr=5e-3,
                     eval_fraction=0.25)
     proc = start_job(home, job)
     _wait(lambda: _last_step(job) >= 6, 180, "six training steps")
@@ -103,7 +103,7 @@ def test_job_lifecycle_kill_stop_resume(tmp_path: Path, tiny_llava_dir: Path) ->
     _wait(lambda: job.refresh()["status"] in ("completed", "failed"), 240, "completion")
     data = job.refresh()
     assert data["status"] == "completed", data.get("error")
-    assert data["summary"]["steps"] == 60
+    assert data["summary"]["steps"] == 300
     results = job.results()
     assert results and results["examples"] and {"base", "tuned", "reference"} <= set(results["examples"][0])
     assert (job.dir / "adapter.zip").is_file()
