@@ -1,5 +1,7 @@
 """GPU check: build a tiny LLaVA, load it 4-bit (NF4, double quant, bf16 compute) on CUDA,
-chat with it, print one JSON object of figures. Self-contained: no network, no files needed.
+chat with it, then run a short QLoRA fine-tune of the classroom model loaded 4-bit on the
+shipped example dataset; print one JSON object of figures. No network needed.
+(CI has no GPU: these checks live here, not in the pytest suite, so that nothing skips.)
 
     python scripts/gpu_check.py [--quant 4bit] [--tokens 32]
 """
@@ -16,6 +18,37 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def qlora_check(quant: str, steps: int = 30) -> dict:
+    """LoRA on the 4-bit classroom model (QLoRA): the loss must fall and the adapter save."""
+    import torch
+
+    from vitdemo.data import load_dataset
+    from vitdemo.finetune import FinetuneConfig, Trainer, is_quantized, make_items, split_records
+    from vitdemo.models.loading import load_model
+
+    root = Path(__file__).resolve().parent.parent
+    loaded = load_model(str(root / "assets" / "classroom"), quant=quant, device="cuda")
+    out = Path(tempfile.mkdtemp())
+    records = load_dataset(root / "assets" / "datasets" / "chinese_colors.zip",
+                           extract_to=out / "data").usable_records()
+    train, held_out = split_records(records, 0.1, seed=0)
+    cfg = FinetuneConfig(max_steps=steps, checkpoint_every=0)
+    t = time.perf_counter()
+    trainer = Trainer(loaded.model, loaded.processor, make_items(loaded.processor, train),
+                      make_items(loaded.processor, held_out), cfg, out)
+    trainer.train()
+    seconds = time.perf_counter() - t
+    trainer.save_adapter(out / "adapter")
+    losses = trainer.state.losses
+    first, last = float(sum(losses[:5]) / 5), float(sum(losses[-5:]) / 5)
+    return {"quantized": is_quantized(loaded.model), "steps": len(losses), "seconds": round(seconds, 2),
+            "loss_first5": round(first, 4), "loss_last5": round(last, 4),
+            "adapter_saved": (out / "adapter" / "adapter_model.safetensors").is_file(),
+            "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1),
+            "ok": bool(is_quantized(loaded.model) and last < first
+                       and (out / "adapter" / "adapter_model.safetensors").is_file())}
 
 
 def main() -> int:
@@ -76,6 +109,8 @@ def main() -> int:
             peak_gpu_mb=round(torch.cuda.max_memory_allocated() / 2**20, 1),
         )
         report["ok"] = bool(answer.strip()) and stats.new_tokens == args.tokens and loaded.device == "cuda"
+        report["qlora"] = qlora_check(args.quant)
+        report["ok"] = report["ok"] and report["qlora"]["ok"]
     except Exception as err:  # noqa: BLE001 - reported in the JSON
         report["error"] = f"{type(err).__name__}: {err}"
     print(json.dumps(report, indent=1))

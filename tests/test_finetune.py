@@ -238,19 +238,3 @@ def test_evaluate_exact_match_counts(tiny_llava_dir: Path, records) -> None:
     items = make_items(processor, records[:4])
     res = evaluate(model, processor, items, max_new_tokens=4)
     assert res.n == 4 and res.exact_match == 0.0 and len(res.answers) == 4 and res.loss > 0
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="QLoRA on CUDA needs a GPU")
-def test_qlora_on_cuda(tiny_llava_dir: Path, records, tmp_path: Path) -> None:
-    from vitdemo.finetune import is_quantized
-    from vitdemo.models.loading import load_model
-
-    loaded = load_model(str(tiny_llava_dir), quant="4bit", device="cuda")
-    assert is_quantized(loaded.model)
-    items = make_items(loaded.processor, records[:16])
-    cfg = FinetuneConfig(max_steps=5, batch_size=4, lr=1e-2, checkpoint_every=0)
-    trainer = Trainer(loaded.model, loaded.processor, items, items[:4], cfg, tmp_path)
-    trainer.train()
-    assert all(torch.isfinite(torch.tensor(trainer.state.losses)))
-    trainer.save_adapter(tmp_path / "adapter")
-    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
