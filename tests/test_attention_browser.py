@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 
 import pytest
 
+from webapp import browser_page, serve_tab
+
 ROOT = Path(__file__).resolve().parent.parent
 CLASSROOM = ROOT / "assets" / "classroom"
-CHROMIUM = "/usr/bin/chromium"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture()
 def attention_app(tiny_llava_dir):
-    import gradio as gr
     from vitdemo.engine import Engine
     from vitdemo.models.loading import load_model
     from vitdemo.ui.attention import create_attention_tab
@@ -29,16 +22,8 @@ def attention_app(tiny_llava_dir):
     # The classroom model when it ships (its maps differ clearly per word), else tiny LLaVA.
     source = CLASSROOM if (CLASSROOM / "config.json").is_file() else tiny_llava_dir
     engine = Engine(load_model(str(source), device="cpu"))
-    with gr.Blocks() as demo:
-        with gr.Tab("How it sees"):
-            create_attention_tab(engine, None)
-    port = _free_port()
-    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
-                        ssr_mode=False, quiet=True)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        demo.close()
+    with serve_tab(create_attention_tab, engine, None, "How it sees") as url:
+        yield url
 
 
 def _scene_png(path: Path) -> Path:
@@ -56,12 +41,8 @@ def _scene_png(path: Path) -> Path:
 
 
 def test_ask_click_word_overlay_changes(attention_app, artifacts_dir, tmp_path):
-    import playwright.sync_api as sync_api
     image_path = _scene_png(tmp_path / "scene.png")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        page = browser.new_page(viewport={"width": 1300, "height": 1100})
+    with browser_page(1300, 1100) as page:
         page.goto(attention_app)
         page.locator("#attn-image input[type=file]").set_input_files(str(image_path))
         page.locator("#attn-image img").first.wait_for(timeout=20_000)
@@ -96,4 +77,3 @@ def test_ask_click_word_overlay_changes(attention_app, artifacts_dir, tmp_path):
                        "question_word")
         assert "question token" in caption.inner_text()
         click_and_wait(answer_tokens.nth(0), "answer token 0", "answer_word")
-        browser.close()

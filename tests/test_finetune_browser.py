@@ -3,22 +3,16 @@ see before/after answers, ask the tuned model. Screenshots go to tests/artifacts
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
+
+from webapp import browser_page, serve_tab
 
 from ft_helpers import confident_head
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_ZIP = ROOT / "assets" / "datasets" / "chinese_colors.zip"
-CHROMIUM = "/usr/bin/chromium"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture()
@@ -37,7 +31,6 @@ def learnable_tiny(tiny_llava_dir: Path, tmp_path: Path) -> Path:
 
 @pytest.fixture()
 def finetune_app(learnable_tiny: Path, tmp_path: Path, monkeypatch):
-    gr = pytest.importorskip("gradio")
     from vitdemo.config import Settings
     from vitdemo.engine import Engine
     from vitdemo.models.loading import load_model
@@ -46,30 +39,18 @@ def finetune_app(learnable_tiny: Path, tmp_path: Path, monkeypatch):
     monkeypatch.setenv("VITDEMO_TRAIN_THREADS", "1")
     settings = Settings(model=str(learnable_tiny), home=tmp_path / "home", device="cpu", quant="none")
     engine = Engine(load_model(str(learnable_tiny), device="cpu", quant="none"))
-    with gr.Blocks() as demo:
-        with gr.Tab("Fine-tune"):
-            create_finetune_tab(engine, settings)
-    port = _free_port()
-    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, ssr_mode=False,
-                        quiet=True)
-    try:
-        yield f"http://127.0.0.1:{port}/", settings
-    finally:
-        demo.close()
+    with serve_tab(create_finetune_tab, engine, settings, "Fine-tune") as url:
+        yield url, settings
 
 
 def test_upload_check_train_compare_and_ask(finetune_app, artifacts_dir: Path, tmp_path: Path) -> None:
-    sync_api = pytest.importorskip("playwright.sync_api")
     assert EXAMPLE_ZIP.is_file(), "run scripts/make_example_datasets.py"
     url, settings = finetune_app
     import zipfile
 
     with zipfile.ZipFile(EXAMPLE_ZIP) as zf:  # one of the example images, for the "try" box
         (tmp_path / "try.jpg").write_bytes(zf.read("chinese_colors/images/0003.jpg"))
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1300})
+    with browser_page(1400, 1300) as page:
         page.goto(url)
         page.locator("#ft-files input[type=file]").set_input_files(str(EXAMPLE_ZIP))
         page.locator("#ft-files").get_by_text("chinese_colors.zip").first.wait_for(timeout=30_000)
@@ -99,6 +80,5 @@ def test_upload_check_train_compare_and_ask(finetune_app, artifacts_dir: Path, t
         assert tuned.input_value().endswith("色"), tuned.input_value()
         page.locator("#ft-try-tuned").scroll_into_view_if_needed()
         page.screenshot(path=str(artifacts_dir / "finetune_3_try.png"), full_page=True)
-        browser.close()
     jobs = list((settings.home / "jobs").iterdir())
     assert any((j / "adapter" / "adapter_config.json").is_file() for j in jobs)

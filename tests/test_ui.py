@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
-import socket
 import time
 from pathlib import Path
 from typing import Iterator
@@ -13,16 +13,10 @@ import pytest
 from PIL import Image
 
 from vitdemo.config import Settings
+from webapp import CHROMIUM, CHROMIUM_ARGS, free_port
 from vitdemo.engine import Engine
 from vitdemo.models.loading import load_model
 
-CHROMIUM = os.environ.get("VITDEMO_CHROMIUM", "/usr/bin/chromium")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +28,7 @@ def app_engine(tiny_llava_dir: Path) -> Engine:
 def app_url(app_engine: Engine, tiny_llava_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     from vitdemo.ui.app import build_ui, launch
 
-    settings = Settings(model=str(tiny_llava_dir), port=_free_port(), max_new_tokens=12,
+    settings = Settings(model=str(tiny_llava_dir), port=free_port(), max_new_tokens=12,
                         home=tmp_path_factory.mktemp("home"))
     demo = build_ui(settings, app_engine)
     launch(demo, settings, prevent_thread_lock=True, quiet=True)
@@ -124,8 +118,7 @@ def test_browser_upload_ask_see_answer(app_url: str, scene_png: str, artifacts_d
 
     with sync_playwright() as p:
         browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS,
         )
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 900})
@@ -179,11 +172,18 @@ def test_browser_stop_button_stops_generation(app_url: str, app_engine: Engine, 
         return out
 
     monkeypatch.setattr(app_engine.model, "generate", recorded)
+    forward = app_engine.model.forward
+
+    @functools.wraps(forward)  # generate() reads forward's signature
+    def slow_forward(*args, **kwargs):  # >= 10 s for 1000 tokens, so Stop always comes first
+        time.sleep(0.01)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(app_engine.model, "forward", slow_forward)
     monkeypatch.setattr(app_engine.model.generation_config, "min_new_tokens", 1000)  # no early EOS
     with sync_playwright() as p:
         browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS,
         )
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 900})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's chromium; never `playwright install`
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -25,6 +25,23 @@ def serve(settings: Any, engine: Any = None) -> Iterator[str]:
     launch(demo, settings, prevent_thread_lock=True, quiet=True)
     try:
         yield f"http://127.0.0.1:{settings.port}/"
+    finally:
+        demo.close()
+
+
+@contextlib.contextmanager
+def serve_tab(create_tab: Callable[[Any, Any], Any], engine: Any, settings: Any, label: str) -> Iterator[str]:
+    """One tab alone in a Blocks app, queued and served on a free port; yields the page URL."""
+    import gradio as gr
+
+    with gr.Blocks() as demo:
+        with gr.Tab(label):
+            create_tab(engine, settings)
+    port = free_port()
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True,
+                        ssr_mode=False, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/"
     finally:
         demo.close()
 
