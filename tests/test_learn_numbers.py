@@ -71,3 +71,20 @@ def test_caption_match_equals_the_clip_models_own_logits():
                    pixel_values=processor.image_processor(images, return_tensors="pt")["pixel_values"])
     np.testing.assert_allclose(match.probs, out.logits_per_image.softmax(-1).numpy(), atol=1e-5)
     assert match.picked == out.logits_per_image.argmax(-1).tolist()
+
+
+def test_classroom_only_sections_say_so_politely_for_other_models(tiny_llava_dir):
+    from vitdemo.engine import Engine
+    from vitdemo.errors import UnsupportedModelError
+    from vitdemo.learn import classroom_folder
+    from vitdemo.learn.stages import load_stages
+    from vitdemo.models.loading import load_model
+
+    engine = Engine(load_model(str(tiny_llava_dir)))
+    with pytest.raises(UnsupportedModelError, match="needs the classroom model's extra parts"):
+        classroom_folder(engine)
+    with pytest.raises(UnsupportedModelError, match="needs the classroom model"):
+        load_stages(tiny_llava_dir)
+    # The head walkthrough is not classroom-only: it works on any Llama-style decoder.
+    model, processor, inputs = _inputs(tiny_llava_dir)
+    assert walk_through_head(model, processor, inputs, layer=0, head=0).max_abs_difference < 1e-4
