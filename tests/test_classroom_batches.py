@@ -2,9 +2,10 @@
 
 import numpy as np
 import pytest
+import torch
 
 from vitdemo.classroom import scenes
-from vitdemo.classroom.batches import IGNORE, BatchMaker
+from vitdemo.classroom.batches import IGNORE, BatchMaker, object_names
 from vitdemo.classroom.model import build_processor
 
 
@@ -52,3 +53,35 @@ def test_contrastive_batch_has_near_miss_twins(processor):
         assert first != second and len(first) == len(second)
         # Exactly one attribute of one object differs, or the places are swapped.
         assert len(first - second) == 1 or {(c, s) for c, s, _ in first} == {(c, s) for c, s, _ in second}
+
+
+def test_region_weights_sit_on_each_object(processor):
+    """The region term pools each object's own patches, labelled with its own name."""
+    maker = BatchMaker(processor, np.random.default_rng(3))
+    batch = maker.contrastive_batch(6, twin_fraction=0.0)
+    texts = processor.tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=True)
+    weights, images, labels = batch["object_weights"], batch["object_image"], batch["object_label"]
+    assert weights.shape == (len(labels), 64) and torch.allclose(weights.sum(1), torch.ones(len(labels)))
+    names = object_names()
+    for w, i, k in zip(weights, images.tolist(), labels.tolist()):
+        color, shape = names[k].split()[1:]
+        cell = {(c, s): pos for c, s, pos in scenes.parse_description(texts[i])}[(color, shape)]
+        grid = w.view(8, 8)  # the weights' centre of mass lies in the object's grid cell
+        centre_row = float((grid.sum(1) * (torch.arange(8) + 0.5)).sum()) / 8
+        centre_col = float((grid.sum(0) * (torch.arange(8) + 0.5)).sum()) / 8
+        assert scenes.POSITIONS.index(cell) == int(centre_row * 3) * 3 + int(centre_col * 3)
+
+
+def test_region_term_raises_the_loss_when_labels_are_wrong(processor):
+    from vitdemo.classroom.model import build_clip
+    from vitdemo.classroom.train import contrastive_loss
+
+    maker = BatchMaker(processor, np.random.default_rng(4))
+    clip = build_clip(processor)
+    batch = maker.contrastive_batch(4, twin_fraction=0.5)
+    names = maker.names_batch()
+    with torch.no_grad():
+        image_only = contrastive_loss(clip, batch, names, region_weight=0.0)
+        both = contrastive_loss(clip, batch, names, region_weight=1.0)
+    # An untrained model scores every name alike: the region term adds about log(18).
+    assert torch.isfinite(both) and 0.5 * np.log(18) < (both - image_only).item() < 2 * np.log(18)

@@ -7,6 +7,7 @@ PEFT (LoRA) folders: loaded once, then switched on and off in place.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -26,8 +27,11 @@ KEEP = object()
 class Engine:
     """Holds a LoadedModel, the active adapter and the lock around the model."""
 
-    def __init__(self, loaded: LoadedModel, *, lock_timeout_s: float = 600.0) -> None:
-        self.loaded = loaded
+    def __init__(self, loaded: LoadedModel | concurrent.futures.Future, *, lock_timeout_s: float = 600.0,
+                 source: str | None = None) -> None:
+        # A Future while the model loads in the background (see load_in_background).
+        self._loaded = loaded
+        self.source = source or getattr(loaded, "source", "")
         self.lock = threading.Lock()  # held around every forward/generate and adapter switch
         self.lock_timeout_s = lock_timeout_s  # waiting longer than this is a BusyError
         self._adapters: dict[str, str] = {}  # resolved path -> peft adapter name
@@ -37,19 +41,55 @@ class Engine:
     @classmethod
     def from_settings(cls, settings: Any) -> "Engine":
         """Load the model the settings name (default model if none) and its adapter."""
-        source = resolve_model_source(settings.model, settings.home)
-        loaded = load_model(
-            source,
-            quant=settings.quant,
-            device=settings.device,
-            dtype=settings.dtype,
-            attn_implementation=settings.attn_implementation,
-            trust_remote_code=settings.trust_remote_code,
-        )
-        engine = cls(loaded)
+        engine = cls(_load_from_settings(settings, resolve_model_source(settings.model, settings.home)))
         if settings.adapter:
             engine.use_adapter(settings.adapter)
         return engine
+
+    @classmethod
+    def load_in_background(cls, settings: Any) -> "Engine":
+        """An Engine at once; the model loads in a thread and the first use waits for it.
+
+        The web page can be served while torch and transformers import (seconds); a load
+        error is raised by the first use of `loaded` (and by `wait_loaded`).
+        """
+        source = str(resolve_model_source(settings.model, settings.home))
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        engine = cls(future, source=source)
+
+        def load() -> None:
+            try:
+                future.set_result(_load_from_settings(settings, source))
+                if settings.adapter:
+                    engine.use_adapter(settings.adapter)
+            except BaseException as err:  # noqa: BLE001 - handed to whoever uses the engine
+                if not future.done():
+                    future.set_exception(err)
+                else:  # the model loaded but its adapter did not: fall back to the base model
+                    logger.error("adapter %s not loaded: %s", settings.adapter, err)
+
+        threading.Thread(target=load, name="vitdemo-model-load", daemon=True).start()
+        return engine
+
+    @property
+    def loaded(self) -> LoadedModel:
+        """The loaded model (waits for a background load; raises its error if it failed)."""
+        if isinstance(self._loaded, concurrent.futures.Future):
+            try:
+                self._loaded = self._loaded.result()
+            except ModelLoadError:
+                raise
+            except Exception as err:  # noqa: BLE001 - any loader failure reads the same to a user
+                raise ModelLoadError(f"the model {self.source} failed to load: {err}") from err
+        return self._loaded
+
+    @property
+    def is_loaded(self) -> bool:
+        return not isinstance(self._loaded, concurrent.futures.Future) or self._loaded.done()
+
+    def wait_loaded(self) -> LoadedModel:
+        """Block until the model is loaded; raises the load error, if any."""
+        return self.loaded
 
     # --- what callers use ---
     @property
@@ -144,3 +184,14 @@ class Engine:
             self._peft.load_adapter(resolved, adapter_name=name)
         self._peft.eval()
         self._adapters[resolved] = name
+
+
+def _load_from_settings(settings: Any, source: str) -> LoadedModel:
+    return load_model(
+        source,
+        quant=settings.quant,
+        device=settings.device,
+        dtype=settings.dtype,
+        attn_implementation=settings.attn_implementation,
+        trust_remote_code=settings.trust_remote_code,
+    )

@@ -143,21 +143,44 @@ class BatchMaker:
         return self._pad(seqs, labels)
 
     def contrastive_batch(self, batch_size: int, twin_fraction: float) -> dict[str, torch.Tensor]:
-        """Stage 1: (scene, caption) pairs; twins differ in one attribute (hard negatives)."""
-        images, captions = [], []
+        """Stage 1: (scene, caption) pairs; twins differ in one attribute (hard negatives).
+
+        Also, for the region term of the loss, every object's patch weights (the share of
+        its mask in each patch), the index of its image and of its name in object_names().
+        """
+        batch_scenes: list[scenes.Scene] = []
         n_twins = int(batch_size * twin_fraction) // 2
         for _ in range(n_twins):
             layout = scenes.random_layout(self.rng)
-            for lay in (layout, scenes.perturb_layout(layout, self.rng)):
-                scene = self.scene(lay)
-                images.append(scene.image)
-                captions.append(scenes.describe(scene))
-        while len(images) < batch_size:
-            scene = self.scene()
-            images.append(scene.image)
-            captions.append(scenes.describe(scene))
-        seqs = [list(self.ids(c)) + [self.end_id] for c in captions]
+            batch_scenes += [self.scene(lay) for lay in (layout, scenes.perturb_layout(layout, self.rng))]
+        while len(batch_scenes) < batch_size:
+            batch_scenes.append(self.scene())
+        seqs = [list(self.ids(scenes.describe(scene))) + [self.end_id] for scene in batch_scenes]
         batch = self._pad(seqs, seqs)
         del batch["labels"]
-        batch["pixel_values"] = self.pixels(images)
+        batch["pixel_values"] = self.pixels([scene.image for scene in batch_scenes])
+        names = object_names()
+        objects = [(i, o) for i, scene in enumerate(batch_scenes) for o in scene.objects]
+        batch["object_weights"] = torch.stack([self.patch_weights(o.mask) for _, o in objects])  # (O, P)
+        batch["object_image"] = torch.tensor([i for i, _ in objects])
+        batch["object_label"] = torch.tensor([names.index(f"a {o.name}") for _, o in objects])
         return batch
+
+    def patch_weights(self, mask: np.ndarray) -> torch.Tensor:
+        """(P,) share of the object's mask in each patch of the image grid (row-major)."""
+        side = int(round(self.n_image_tokens ** 0.5))
+        small = Image.fromarray(mask.astype(np.uint8) * 255).resize((side, side), Image.BOX)
+        weights = torch.from_numpy(np.asarray(small, dtype=np.float32)).flatten()
+        return weights / weights.sum().clamp_min(1e-6)
+
+    def names_batch(self) -> dict[str, torch.Tensor]:
+        """The object names ("a red circle", ...) tokenized for the contrastive text encoder."""
+        seqs = [list(self.ids(name)) + [self.end_id] for name in object_names()]
+        batch = self._pad(seqs, seqs)
+        del batch["labels"]
+        return batch
+
+
+def object_names() -> list[str]:
+    """Every colour-shape pair as a short caption: the candidates of the region term."""
+    return [f"a {color} {shape}" for color in scenes.COLORS for shape in scenes.SHAPES]

@@ -46,15 +46,16 @@ class BuildSettings:
     seed: int = 0
     arch: ClassroomArchitecture = field(default_factory=ClassroomArchitecture)
     contrastive: StageSettings = field(default_factory=lambda: StageSettings(
-        steps=1200, batch_size=64, lr=2e-3, warmup=100))
+        steps=1500, batch_size=64, lr=2e-3, warmup=100))
     twin_fraction: float = 0.5  # share of a contrastive batch that are same-objects/other-places pairs
+    region_weight: float = 1.0  # weight of the region term of the contrastive loss (see contrastive_loss)
     language: StageSettings = field(default_factory=lambda: StageSettings(
         steps=600, batch_size=32, lr=2e-3, warmup=50))
     alignment: StageSettings = field(default_factory=lambda: StageSettings(
         steps=500, batch_size=32, lr=2e-3, warmup=50))
     instruction: StageSettings = field(default_factory=lambda: StageSettings(
         steps=7000, batch_size=32, lr=1e-3, warmup=200))
-    vision_lr_scale: float = 1.0  # the encoder learns in stage 4 at the full rate (slower: shape is not learned)
+    vision_lr_scale: float = 0.3  # the pretrained encoder moves gently in stage 4
     max_turns: int = 3  # questions per image in one stage-4 sequence (answers all carry loss)
     form_weights: dict[str, float] = field(default_factory=lambda: {
         "color": 1.0, "shape": 1.0, "where": 2.0, "count": 1.0, "exists": 1.0, "describe": 1.0})
@@ -123,6 +124,28 @@ def _set_trainable(modules: Iterable[torch.nn.Module], trainable: bool) -> None:
             p.requires_grad_(trainable)
 
 
+def contrastive_loss(clip, batch: dict[str, torch.Tensor], names: dict[str, torch.Tensor],
+                     region_weight: float) -> torch.Tensor:
+    """The CLIP objective on (image, caption), plus the same objective on regions.
+
+    Region term: each object's patch tokens (weighted by its mask) against the names of all
+    18 colour-shape pairs. The LLaVA decoder reads the patch tokens, not the CLS token the
+    image-level term trains; without this term the patches learn colour but hardly shape
+    (a linear probe of shape per cell: 46% without, 79% with, after 600 steps).
+    """
+    out = clip(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+               pixel_values=batch["pixel_values"], return_loss=True)
+    if region_weight == 0:
+        return out.loss
+    vision = clip.vision_model
+    patches = vision.post_layernorm(out.vision_model_output.last_hidden_state[:, 1:])  # (B, P, D)
+    regions = torch.einsum("op,opd->od", batch["object_weights"], patches[batch["object_image"]])
+    region_emb = torch.nn.functional.normalize(clip.visual_projection(regions), dim=-1)
+    name_emb = torch.nn.functional.normalize(clip.text_projection(clip.text_model(**names).pooler_output), dim=-1)
+    logits = clip.logit_scale.exp() * region_emb @ name_emb.T  # (O, 18)
+    return out.loss + region_weight * torch.nn.functional.cross_entropy(logits, batch["object_label"])
+
+
 def _example_answers(model, processor) -> list[dict]:
     model.eval()
     rows = []
@@ -168,9 +191,11 @@ def build_classroom(out_dir: Path, settings: BuildSettings = BuildSettings()) ->
     # Stage 1: CLIP objective on (scene, caption); the vision tower is CLIP's own.
     clip.train()
 
+    names = batches.names_batch()
+
     def contrastive_step() -> torch.Tensor:
-        return clip(**batches.contrastive_batch(settings.contrastive.batch_size, settings.twin_fraction),
-                    return_loss=True).loss
+        batch = batches.contrastive_batch(settings.contrastive.batch_size, settings.twin_fraction)
+        return contrastive_loss(clip, batch, names, settings.region_weight)
 
     result = _train("contrastive", [{"params": list(clip.parameters())}], settings.contrastive,
                     contrastive_step, settings.log_every)

@@ -18,7 +18,7 @@ import gradio as gr  # noqa: E402
 
 from vitdemo.config import Settings  # noqa: E402
 from vitdemo.engine import Engine  # noqa: E402
-from vitdemo.errors import InputError  # noqa: E402
+from vitdemo.errors import InputError, VitdemoError  # noqa: E402
 from vitdemo.models.fallback import FALLBACK_DIRNAME  # noqa: E402
 from vitdemo.ui.chat import create_chat_tab  # noqa: E402
 
@@ -37,11 +37,23 @@ footer { display: none !important; }
 """
 
 
+TITLE = "# vitdemo: chat with images"
+
+
+def _loading_header(engine: Engine) -> str:
+    return f"{TITLE}\n\nModel: `{engine.source}` (loading...)"
+
+
 def _header(engine: Engine) -> str:
-    lines = ["# vitdemo: chat with images",
-             f"Model: `{engine.loaded.source}` on **{engine.device}**, quantization "
-             f"**{engine.loaded.quantized}**, {engine.loaded.dtype}."]
-    if FALLBACK_DIRNAME in engine.loaded.source:
+    """The title and what is loaded; waits for a background load to finish."""
+    try:
+        loaded = engine.loaded
+    except VitdemoError as err:
+        return f"{TITLE}\n\n> **The model did not load.** {err}"
+    lines = [TITLE,
+             f"Model: `{loaded.source}` on **{loaded.device}**, quantization "
+             f"**{loaded.quantized}**, {loaded.dtype}."]
+    if FALLBACK_DIRNAME in loaded.source:
         lines.append("> The shipped classroom model is not installed yet, so this is the built-in "
                      "fallback: a tiny LLaVA with **random weights**. Its answers are nonsense; it shows "
                      "the machinery. Start with `--model <hub id or folder>` for a real model.")
@@ -71,15 +83,21 @@ def _broken_tab(label: str, err: BaseException) -> bool:
 
 
 def build_ui(settings: Settings | None = None, engine: Engine | None = None) -> gr.Blocks:
-    """The whole app. Loads the model (settings.model, else the default) unless `engine` is given."""
+    """The whole app. Loads the model (settings.model, else the default) unless `engine` is given.
+
+    The model loads in a background thread, so the page is served while torch imports;
+    the header fills in (and the first request waits) once it is there.
+    """
     settings = settings or Settings.from_env()
-    engine = engine or Engine.from_settings(settings)
+    engine = engine or Engine.load_in_background(settings)
     with gr.Blocks(title="vitdemo", analytics_enabled=False, delete_cache=(3600, 24 * 3600)) as demo:
-        gr.Markdown(_header(engine))
+        header = gr.Markdown(_header(engine) if engine.is_loaded else _loading_header(engine))
         with gr.Tab("Chat"):
             create_chat_tab(engine, settings)
         for name, label in OPTIONAL_TABS:
             _add_optional_tab(name, label, engine, settings)
+        if not engine.is_loaded:
+            demo.load(lambda: _header(engine), None, header, queue=False, show_progress="hidden")
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=settings.concurrency)
     demo.vitdemo_engine = engine  # type: ignore[attr-defined]  # for tests and tabs
     return demo
@@ -108,4 +126,16 @@ def launch(demo: gr.Blocks, settings: Settings, **overrides: Any) -> Any:
         logger.warning("serving on %s without --auth: anyone who can reach this address can use the app",
                        kwargs.get("server_name"))
     logger.info("serving on http://%s:%d", settings.host, settings.port)
-    return demo.launch(**kwargs)
+    engine = getattr(demo, "vitdemo_engine", None)
+    if engine is None or engine.is_loaded or kwargs.get("prevent_thread_lock"):
+        return demo.launch(**kwargs)
+    # Serve at once, but a model that cannot load still ends the command with its error.
+    result = demo.launch(**{**kwargs, "prevent_thread_lock": True})
+    try:
+        engine.wait_loaded()
+    except VitdemoError:
+        demo.close()
+        raise
+    logger.info("model ready: %s", engine.describe())
+    demo.block_thread()
+    return result

@@ -1,0 +1,46 @@
+"""The app serves its page while the model loads in a background thread."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from vitdemo import chat
+from vitdemo.config import Settings
+from vitdemo.engine import Engine
+from vitdemo.errors import ModelLoadError
+from webapp import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_background_engine_answers_once_loaded(tiny_llava_dir: Path, tmp_path: Path) -> None:
+    engine = Engine.load_in_background(Settings(model=str(tiny_llava_dir), home=tmp_path))
+    assert engine.source == str(tiny_llava_dir)  # known before the load ends: the header shows it
+    conversation = [chat.user_message("What is red?", 1)]
+    answer = chat.answer(engine, conversation, [Image.new("RGB", (32, 32), "red")],
+                         chat.GenerationSettings(max_new_tokens=4))  # waits for the load
+    assert engine.is_loaded and answer.strip()
+    assert engine.wait_loaded().source == str(tiny_llava_dir)
+
+
+def test_background_load_error_reaches_the_first_user(tmp_path: Path) -> None:
+    engine = Engine.load_in_background(Settings(model=str(tmp_path / "no-model-here"), home=tmp_path))
+    with pytest.raises(ModelLoadError):
+        engine.wait_loaded()
+    with pytest.raises(ModelLoadError):  # every later use says the same, nothing hangs
+        _ = engine.model
+
+
+def test_app_with_a_model_that_cannot_load_exits_with_one_error_line(tmp_path: Path) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VITDEMO_HOME": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "app.py", "--model", str(tmp_path / "missing"), "--port", str(free_port())],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: ") and "missing" in lines[-1], proc.stderr[-2000:]
