@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from vitdemo import chat
-from vitdemo.engine import Engine
+from vitdemo.engine import KEEP, Engine
 from vitdemo.errors import BusyError, GenerationError, ImageError, InputError, ModelLoadError
 from vitdemo.models.loading import load_model
 
@@ -292,3 +292,27 @@ def test_adapter_switching(tiny_llava_dir: Path, tmp_path: Path) -> None:
     assert engine.active_adapter == str(a1.resolve())
     with pytest.raises(ModelLoadError, match="not a PEFT adapter"):
         engine.use_adapter(tmp_path)
+
+
+def test_per_user_adapter_does_not_change_what_others_get(tiny_llava_dir: Path, tmp_path: Path) -> None:
+    """One user's adapter choice (passed per request) leaves the server default as it is."""
+    from vitdemo.session import ChatSession
+
+    engine = Engine(load_model(tiny_llava_dir))
+    gen = chat.GenerationSettings(max_new_tokens=12)
+    adapter = _save_lora(tiny_llava_dir, tmp_path / "a1", seed=1)
+    image = tmp_path / "red.png"
+    _img().save(image)
+
+    def reply(adapter_arg) -> str:
+        session = ChatSession()
+        session.add_user_message("What is red?", [str(image)])
+        return list(session.stream_reply(engine, gen, adapter=adapter_arg))[-1]
+
+    base_answer = reply(KEEP)
+    tuned_answer = reply(str(adapter))
+    assert tuned_answer != base_answer
+    assert engine.active_adapter == str(adapter.resolve())  # the tuned user's request left it switched on...
+    assert reply(KEEP) == base_answer  # ...yet the next user without a choice gets the server default
+    engine.use_adapter(adapter)  # the server default itself (--adapter)
+    assert reply(KEEP) == tuned_answer and reply(None) == base_answer

@@ -29,6 +29,7 @@ from vitdemo.capture import (
     stream_capture,
     to_model,
 )
+from vitdemo.engine import KEEP
 from vitdemo.errors import UnsupportedModelError
 from vitdemo.layouts import build_layout
 
@@ -48,8 +49,11 @@ class MapsEvent:
 
 def stream_with_maps(engine: Any, conversation: Sequence[dict[str, Any]], images: Sequence[Image.Image],
                      gen: Any = None, settings: CaptureSettings = CaptureSettings(),
-                     stop_event: threading.Event | None = None) -> Iterator[MapsEvent]:
-    """Answer the conversation with capture on; see the module docstring."""
+                     stop_event: threading.Event | None = None, adapter: Any = KEEP) -> Iterator[MapsEvent]:
+    """Answer the conversation with capture on; see the module docstring.
+
+    `adapter`: a PEFT folder, None for the base model, or engine.KEEP (the server's default).
+    """
     import torch
 
     from vitdemo.chat import GenerationSettings, build_inputs, stream_answer
@@ -68,7 +72,7 @@ def stream_with_maps(engine: Any, conversation: Sequence[dict[str, Any]], images
     if notice is None:
         yielded = False
         try:
-            with engine.locked():
+            with engine.locked(adapter=adapter):
                 if gen.seed is not None:
                     torch.manual_seed(gen.seed)
                 for step in stream_capture(engine.model, engine.processor, to_model(inputs, engine.model), images,
@@ -82,7 +86,7 @@ def stream_with_maps(engine: Any, conversation: Sequence[dict[str, Any]], images
             notice = str(err)  # e.g. a model that cannot switch to eager attention
             log.warning("answering without maps: %s", notice)
     text = ""
-    for piece in stream_answer(engine, conversation, images, gen, stop_event=stop_event):
+    for piece in stream_answer(engine, conversation, images, gen, stop_event=stop_event, adapter=adapter):
         text += piece
         yield MapsEvent(text, piece, None, None, notice)
 

@@ -20,7 +20,8 @@ from vitdemo.models.loading import LoadedModel, load_model, resolve_model_source
 
 logger = logging.getLogger(__name__)
 
-# Sentinel: "keep whatever adapter is active".
+# Sentinel: "the server's default adapter" (set by use_adapter; None = the base model).
+# Calls that pass no adapter get the same model whatever another user's call switched to.
 KEEP = object()
 
 
@@ -36,6 +37,7 @@ class Engine:
         self.lock_timeout_s = lock_timeout_s  # waiting longer than this is a BusyError
         self._adapters: dict[str, str] = {}  # resolved path -> peft adapter name
         self._active: str | None = None  # resolved path of the active adapter, None = base
+        self.default_adapter: str | None = None  # what KEEP means: use_adapter sets it
         self._peft: Any = None  # the PeftModel wrapper once an adapter was loaded
 
     @classmethod
@@ -116,8 +118,7 @@ class Engine:
         if not self.lock.acquire(timeout=self.lock_timeout_s):
             raise BusyError(f"the model has been busy for {self.lock_timeout_s:.0f}s; try again in a moment")
         try:
-            if adapter is not KEEP:
-                self._switch(adapter)
+            self._switch(self.default_adapter if adapter is KEEP else adapter)
             yield self.model
         finally:
             self.lock.release()
@@ -127,16 +128,18 @@ class Engine:
         if not self.lock.acquire(timeout=self.lock_timeout_s):
             raise BusyError(f"the model has been busy for {self.lock_timeout_s:.0f}s; try again in a moment")
         try:
-            if adapter is not KEEP:
-                self._switch(adapter)
+            self._switch(self.default_adapter if adapter is KEEP else adapter)
         except BaseException:
             self.lock.release()
             raise
 
     def use_adapter(self, path: str | os.PathLike | None) -> None:
-        """Make `path` (a PEFT adapter folder) the active adapter; None = the base model."""
+        """Make `path` (a PEFT adapter folder) the server's default adapter; None = the base model.
+
+        Per-user choices pass `adapter=` to locked/acquire (or to chat.stream_answer) instead.
+        """
         with self.locked(adapter=path):
-            pass
+            self.default_adapter = self._active
 
     def describe(self) -> str:
         """One line for logs and the UI: model, device, quantization, adapter."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 from vitdemo import chat
-from vitdemo.engine import Engine
+from vitdemo.engine import KEEP, Engine
 from vitdemo.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -91,8 +91,10 @@ class ChatSession:
                 conv.append(chat.assistant_message(turn.answer))
         return conv, images
 
-    def stream_reply(self, engine: Engine, gen: chat.GenerationSettings) -> Iterator[str]:
+    def stream_reply(self, engine: Engine, gen: chat.GenerationSettings, adapter: Any = KEEP) -> Iterator[str]:
         """Stream the answer to the last turn into it; yields the answer so far.
+
+        `adapter`: this user's adapter choice (a folder, None = base; KEEP = the server's).
 
         Errors (VitdemoError) propagate after being recorded on the turn; the session
         stays consistent so the user can retry, undo or go on.
@@ -104,7 +106,8 @@ class ChatSession:
         self.stop_event.clear()
         conv, images = self.conversation()
         try:
-            for piece in chat.stream_answer(engine, conv, images, gen, stop_event=self.stop_event):
+            for piece in chat.stream_answer(engine, conv, images, gen, stop_event=self.stop_event,
+                                              adapter=adapter):
                 turn.answer += piece
                 yield turn.answer
         except Exception as err:

@@ -8,6 +8,7 @@ that does not exist yet is skipped; one that fails to import shows its error in 
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import os
 from typing import Any
@@ -20,6 +21,7 @@ from vitdemo.config import Settings  # noqa: E402
 from vitdemo.engine import Engine  # noqa: E402
 from vitdemo.errors import InputError, VitdemoError  # noqa: E402
 from vitdemo.models.fallback import FALLBACK_DIRNAME  # noqa: E402
+from vitdemo.ui import adapter_choice  # noqa: E402
 from vitdemo.ui.chat import create_chat_tab  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -60,7 +62,7 @@ def _header(engine: Engine) -> str:
     return "\n\n".join(lines)
 
 
-def _add_optional_tab(name: str, label: str, engine: Engine, settings: Settings) -> bool:
+def _add_optional_tab(name: str, label: str, engine: Engine, settings: Settings, adapter_state: gr.State) -> bool:
     module_name = f"vitdemo.ui.{name}"
     try:
         module = importlib.import_module(module_name)
@@ -70,8 +72,10 @@ def _add_optional_tab(name: str, label: str, engine: Engine, settings: Settings)
         return _broken_tab(label, err)
     except Exception as err:  # noqa: BLE001 - one broken tab must not take the app down
         return _broken_tab(label, err)
+    create = getattr(module, f"create_{name}_tab")
+    extra = {"adapter_state": adapter_state} if "adapter_state" in inspect.signature(create).parameters else {}
     with gr.Tab(label):
-        getattr(module, f"create_{name}_tab")(engine, settings)
+        create(engine, settings, **extra)
     return True
 
 
@@ -92,10 +96,11 @@ def build_ui(settings: Settings | None = None, engine: Engine | None = None) -> 
     engine = engine or Engine.load_in_background(settings)
     with gr.Blocks(title="vitdemo", analytics_enabled=False, delete_cache=(3600, 24 * 3600)) as demo:
         header = gr.Markdown(_header(engine) if engine.is_loaded else _loading_header(engine))
+        adapter_state = adapter_choice.new_state()  # this user's adapter, shared by the tabs
         with gr.Tab("Chat"):
-            create_chat_tab(engine, settings)
+            create_chat_tab(engine, settings, adapter_state)
         for name, label in OPTIONAL_TABS:
-            _add_optional_tab(name, label, engine, settings)
+            _add_optional_tab(name, label, engine, settings, adapter_state)
         if not engine.is_loaded:
             demo.load(lambda: _header(engine), None, header, queue=False, show_progress="hidden")
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=settings.concurrency)

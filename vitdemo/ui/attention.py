@@ -17,13 +17,14 @@ from vitdemo.data import open_image
 from vitdemo.errors import VitdemoError
 from vitdemo.heatmaps import COLORMAPS, DEFAULT_COLORMAP
 from vitdemo.images import DEFAULT_MAX_PIXELS
+from vitdemo.ui import adapter_choice
 
 log = logging.getLogger(__name__)
 
 SPAN_COLORS = {"selected": "#ff9f1c"}
 
 
-def create_attention_tab(engine: Any, settings: Any = None) -> dict[str, Any]:
+def create_attention_tab(engine: Any, settings: Any = None, adapter_state: gr.State | None = None) -> dict[str, Any]:
     """Build the tab's components inside the current Blocks context; returns them by name."""
     max_new_default = min(64, int(getattr(settings, "max_new_tokens", 64) or 64))
     max_pixels = int(getattr(settings, "max_image_pixels", DEFAULT_MAX_PIXELS) or DEFAULT_MAX_PIXELS)
@@ -106,7 +107,9 @@ def create_attention_tab(engine: Any, settings: Any = None) -> dict[str, Any]:
         return (av.token_spans(r.answer_tokens, s.index if s.kind == "answer" else None),
                 av.token_spans(r.prompt_tokens, s.index if s.kind == "prompt" else None))
 
-    def on_ask(img, img2, q, max_new_v, layer_v, head_v, which_v, cmap_v, opacity_v, smooth_v):
+    adapter_state = adapter_state if adapter_state is not None else adapter_choice.new_state()
+
+    def on_ask(img, img2, q, max_new_v, layer_v, head_v, which_v, cmap_v, opacity_v, smooth_v, adapter):
         from vitdemo.chat import GenerationSettings
 
         images = [i for i in (img, img2) if i is not None]
@@ -122,7 +125,8 @@ def create_attention_tab(engine: Any, settings: Any = None) -> dict[str, Any]:
         content = [{"type": "image"} for _ in images] + [{"type": "text", "text": q}]
         gen = GenerationSettings(max_new_tokens=int(max_new_v))
         try:
-            for event in stream_with_maps(engine, [{"role": "user", "content": content}], s.images, gen):
+            for event in stream_with_maps(engine, [{"role": "user", "content": content}], s.images, gen,
+                                          adapter=adapter_choice.adapter_arg(adapter)):
                 s.result, s.notice, s.kind, s.index = event.result, event.notice, "answer", -1
                 if event.result is None:
                     yield (s, f"**No attention maps:** {event.notice}", [(event.text, None)], None, None, "",
@@ -175,10 +179,10 @@ def create_attention_tab(engine: Any, settings: Any = None) -> dict[str, Any]:
     controls = [layer, head, which, cmap, opacity, smooth]
     extras_in = [session, layer, which, cmap, opacity, smooth, v_mode, v_layer, v_head, v_query]
     extras_out = [heads_img, share_img, vision_img]
-    run = ask.click(on_ask, [image, image2, question, max_new, *controls],
+    run = ask.click(on_ask, [image, image2, question, max_new, *controls, adapter_state],
                     [session, status, answer, prompt, overlay, caption, layer, head, which])
     run.then(on_vision_choices, [session], [v_layer, v_head]).then(_extras, extras_in, extras_out)
-    submitted = question.submit(on_ask, [image, image2, question, max_new, *controls],
+    submitted = question.submit(on_ask, [image, image2, question, max_new, *controls, adapter_state],
                                 [session, status, answer, prompt, overlay, caption, layer, head, which])
     submitted.then(on_vision_choices, [session], [v_layer, v_head]).then(_extras, extras_in, extras_out)
     stop.click(None, cancels=[run, submitted])

@@ -14,6 +14,7 @@ from vitdemo.config import EXAMPLES_DIR, Settings
 from vitdemo.engine import Engine
 from vitdemo.errors import VitdemoError
 from vitdemo.session import ChatSession, history_to_session
+from vitdemo.ui import adapter_choice
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +48,15 @@ def _gen_settings(max_new_tokens: float, temperature: float, top_p: float, seed:
     return gen
 
 
-def create_chat_tab(engine: Engine, settings: Settings) -> dict[str, Any]:
-    """Build the chat components inside the current gr.Tab and wire their events."""
+def create_chat_tab(engine: Engine, settings: Settings, adapter_state: gr.State | None = None) -> dict[str, Any]:
+    """Build the chat components inside the current gr.Tab and wire their events.
+
+    `adapter_state` (see adapter_choice): this user's adapter, shared with the Fine-tune tab.
+    """
     session = gr.State(ChatSession())  # deep-copied per user: each gets their own history
+    adapter_state = adapter_state if adapter_state is not None else adapter_choice.new_state()
+    answering = gr.Markdown(adapter_choice.describe(adapter_choice.SERVER_DEFAULT, engine)
+                            if engine.is_loaded else "", elem_id="vitdemo-answering")
     chatbot = gr.Chatbot(label="Chat", height=460, buttons=["copy"], elem_id="vitdemo-chatbot")
     textbox = gr.MultimodalTextbox(
         file_types=["image"],
@@ -73,7 +80,7 @@ def create_chat_tab(engine: Engine, settings: Settings) -> dict[str, Any]:
     examples = load_examples()
     if examples:
         gr.Examples(examples=[[e] for e in examples], inputs=[textbox], label="Examples (click one, then send)")
-    gen_inputs = [session, max_tokens, temperature, top_p, seed]
+    gen_inputs = [session, max_tokens, temperature, top_p, seed, adapter_state]
 
     def add_message(message: dict[str, Any] | None, state: ChatSession):
         # Refusals are toasts (gr.Warning), not gr.Error, which would cover the chat with an
@@ -92,13 +99,14 @@ def create_chat_tab(engine: Engine, settings: Settings) -> dict[str, Any]:
         state.busy = True
         return state, state.chatbot_messages(), gr.MultimodalTextbox(value=None, interactive=False)
 
-    def generate(state: ChatSession, n: float, temp: float, p: float, s: float | None) -> Iterator[Any]:
+    def generate(state: ChatSession, n: float, temp: float, p: float, s: float | None,
+                 adapter: str | None) -> Iterator[Any]:
         if not state.busy:  # the message was refused: nothing to answer
             yield state, gr.Chatbot()
             return
         try:
             gen = _gen_settings(n, temp, p, s, settings.max_new_tokens_cap)
-            for _ in state.stream_reply(engine, gen):
+            for _ in state.stream_reply(engine, gen, adapter=adapter_choice.adapter_arg(adapter)):
                 yield state, state.chatbot_messages()
         except VitdemoError as err:
             gr.Warning(str(err))
@@ -154,6 +162,8 @@ def create_chat_tab(engine: Engine, settings: Settings) -> dict[str, Any]:
     # Unqueued: Stop must act at once, even when the queue is full.
     stop_btn.click(stop, [session], None, queue=False, **common)
 
+    adapter_state.change(lambda choice: adapter_choice.describe(choice, engine), [adapter_state], [answering],
+                         **quick)
     _api_endpoint(engine, settings)
     return {"chatbot": chatbot, "textbox": textbox, "session": session, "stop": stop_btn,
             "regenerate": regen_btn, "undo": undo_btn, "clear": clear_btn}

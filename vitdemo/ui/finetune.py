@@ -18,6 +18,7 @@ from vitdemo import ft_service as svc
 from vitdemo.chat import GenerationSettings, answer, open_image, user_message
 from vitdemo.errors import VitdemoError
 from vitdemo.finetune import FinetuneConfig
+from vitdemo.ui import adapter_choice
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,8 @@ def _error(err: VitdemoError) -> None:
     raise gr.Error(str(err), print_exception=False)
 
 
-def create_finetune_tab(engine: Any, settings: Any) -> dict[str, Any]:
+def create_finetune_tab(engine: Any, settings: Any, adapter_state: gr.State | None = None) -> dict[str, Any]:
+    adapter_state = adapter_state if adapter_state is not None else adapter_choice.new_state()
     checked = gr.State(None)  # svc.CheckResult of this user's last check
     job_id = gr.State(None)  # the job this user is watching
 
@@ -118,7 +120,7 @@ def create_finetune_tab(engine: Any, settings: Any) -> dict[str, Any]:
                            wrap=True, max_height=360, column_widths=["9%", "31%", "12%", "20%", "20%", "8%"],
                            elem_id="ft-answers")
     with gr.Row():
-        use_btn = gr.Button("Chat with this adapter (Chat tab, all users)", interactive=False, elem_id="ft-use")
+        use_btn = gr.Button("Chat with this adapter (Chat and Attention tabs)", interactive=False, elem_id="ft-use")
         base_btn = gr.Button("Back to the base model", elem_id="ft-base")
         download = gr.DownloadButton("Download adapter (zip)", interactive=False, elem_id="ft-download")
         merge_btn = gr.Button("Merge into a full model folder", interactive=False)
@@ -216,20 +218,19 @@ def create_finetune_tab(engine: Any, settings: Any) -> dict[str, Any]:
     def on_pick(jid: str | None) -> tuple:
         return jid, gr.Timer(active=bool(jid))
 
-    def on_use(jid: str | None) -> None:
+    def on_use(jid: str | None) -> str:
         try:
             adapter, _ = svc.adapter_paths(settings, jid or "")
-            engine.use_adapter(str(adapter))
+            with engine.locked(adapter=str(adapter)):  # loads it now: a broken adapter fails here
+                pass
         except VitdemoError as err:
             _error(err)
-        gr.Info("the Chat tab now answers with this adapter (for everyone on this server)")
+        gr.Info("the Chat and Attention tabs now answer you with this adapter (other users keep theirs)")
+        return str(adapter)
 
-    def on_base() -> None:
-        try:
-            engine.use_adapter(None)
-        except VitdemoError as err:
-            _error(err)
-        gr.Info("the Chat tab answers with the base model again")
+    def on_base() -> str:
+        gr.Info("the Chat and Attention tabs answer you with the base model again")
+        return adapter_choice.BASE_MODEL
 
     def on_merge(jid: str | None) -> str:
         try:
@@ -245,10 +246,8 @@ def create_finetune_tab(engine: Any, settings: Any) -> dict[str, Any]:
             img = open_image(image, max_pixels=settings.max_image_pixels)
             conv = [user_message(question, 1)]
             gen = GenerationSettings(max_new_tokens=32)
-            previous = engine.active_adapter
             base = answer(engine, conv, [img], gen, adapter=None)
             tuned = answer(engine, conv, [img], gen, adapter=str(adapter))
-            engine.use_adapter(previous)  # leave the Chat tab's choice as it was
         except VitdemoError as err:
             _error(err)
         return base, tuned
@@ -264,8 +263,8 @@ def create_finetune_tab(engine: Any, settings: Any) -> dict[str, Any]:
     resume_btn.click(on_resume, [job_id], [timer, resume_btn])
     jobs.focus(lambda: gr.Dropdown(choices=svc.job_choices(settings)), None, [jobs])
     jobs.change(on_pick, [jobs], [job_id, timer])
-    use_btn.click(on_use, [job_id], None, concurrency_id="vitdemo-generate")
-    base_btn.click(on_base, None, None, concurrency_id="vitdemo-generate")
+    use_btn.click(on_use, [job_id], [adapter_state], concurrency_id="vitdemo-generate")
+    base_btn.click(on_base, None, [adapter_state])
     merge_btn.click(on_merge, [job_id], [merge_md])
     try_btn.click(on_try, [job_id, try_image, try_q], [try_base, try_tuned], concurrency_id="vitdemo-generate")
     return {"files": files, "check": check_btn, "start": start_btn, "stop": stop_btn, "plot": plot,
