@@ -62,8 +62,7 @@ def test_out_of_memory_gives_a_clear_message_and_the_next_request_works(url: str
             client.predict(*args, api_name=api)
         message = str(info.value)
         assert "out of memory" in message and "Traceback" not in message, message
-        if api == "/chat":  # says what to do about it
-            assert "lower max new tokens" in message and "4bit" in message, message
+        assert "lower max new tokens" in message and "4bit" in message, message  # says what to do
         assert rs.wait_unlocked(engine, 10) is not None, "the model lock is still held after the OOM"
         after = client.predict(*args, api_name=api)
         assert spy.calls > 1

@@ -359,7 +359,11 @@ def stream_capture(model: Any, processor: Any, inputs: Any, images: Sequence[Any
             for h in handles:
                 h.remove()
     if failure:
-        raise GenerationError(f"generation failed: {failure[0]}") from failure[0]
+        from vitdemo.chat import generation_failure
+
+        raise generation_failure(failure[0], n_input=int(inputs["input_ids"].shape[-1]),
+                                 max_new_tokens=int(gen_kwargs.get("max_new_tokens", 0)), n_images=len(images),
+                                 device=str(model.device), with_maps=True) from failure[0]
 
 
 def _vision_result(state: _State, layout: ImageTokenLayout) -> VisionAttention | None:

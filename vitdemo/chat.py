@@ -310,15 +310,22 @@ def stream_answer(
         err = failure[0]
         if isinstance(err, VitdemoError):
             raise err
-        if _is_oom(err):
-            raise GenerationError(
-                f"out of memory while generating ({n_input} input tokens, max_new_tokens "
-                f"{gen.max_new_tokens}, {len(images)} images on {engine.device}): lower max new tokens, "
-                "use fewer or smaller images, clear the chat, or load the model with --quant 4bit"
-            ) from err
-        raise GenerationError(
-            f"generation failed ({type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''})"
-        ) from err
+        raise generation_failure(err, n_input=n_input, max_new_tokens=gen.max_new_tokens, n_images=len(images),
+                                 device=engine.device) from err
+
+
+def generation_failure(err: BaseException, *, n_input: int, max_new_tokens: int, n_images: int, device: str,
+                       with_maps: bool = False) -> GenerationError:
+    """The error a person sees when generate() raised: for out of memory, what to change."""
+    if _is_oom(err):
+        advice = "lower max new tokens, use fewer or smaller images, clear the chat, or load the model with --quant 4bit"
+        if with_maps:
+            advice = ("lower max new tokens (the maps grow with every word), use fewer or smaller images, "
+                      "or load the model with --quant 4bit")
+        return GenerationError(f"out of memory while generating ({n_input} input tokens, max_new_tokens "
+                               f"{max_new_tokens}, {n_images} images on {device}): {advice}")
+    detail = str(err).splitlines()[0][:300] if str(err) else ""
+    return GenerationError(f"generation failed ({type(err).__name__}: {detail})")
 
 
 def answer(
