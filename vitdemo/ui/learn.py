@@ -260,7 +260,9 @@ def create_learn_tab(engine: Any, settings: Any = None) -> None:
             in_query.select(**run_inside)
 
         with _section(columns, False, "### 2. Seeing and reading together (contrastive pretraining)\nAn image encoder and a "
-                        "text encoder were trained so that a scene and its caption land close together. "
+                        "text encoder were trained so that a scene and its caption land close together "
+                        "(and, so that every part of the picture learns what it shows, each object's patches "
+                        "close to its name: \"a red circle\"). "
                         "With no question-answer training at all, they can already pick the right caption."):
             with gr.Row():
                 ct_image = image_input(first)
