@@ -118,3 +118,38 @@ def test_job_lifecycle_kill_stop_resume(tmp_path: Path, tiny_llava_dir: Path) ->
 
 def running_lock_free(home: Path) -> bool:
     return JobLock(jobs_root(home)).holder() is None
+
+
+def test_old_jobs_are_pruned_but_finished_adapters_stay(tmp_path: Path) -> None:
+    """A time to live bounds the disk the jobs use; a finished fine-tune is never lost."""
+    from vitdemo.jobs import prune_jobs
+
+    def job_with(status: str, adapter: bool, running_pid: int | None = None) -> Job:
+        job = new_job(tmp_path, model="m", config={})
+        (job.data_dir / "image.png").write_bytes(b"x" * 1000)
+        job.records_path.write_text("{}\n")
+        (job.checkpoints_dir / "step-000010").mkdir(parents=True)
+        if adapter:
+            job.adapter_dir.mkdir()
+            (job.adapter_dir / "adapter_config.json").write_text("{}")
+        job.update(status=status, pid=running_pid)
+        time.sleep(0.01)  # distinct job ids (they carry the time)
+        return job
+
+    done = job_with("completed", adapter=True)
+    failed = job_with("failed", adapter=False)
+    running = job_with("running", adapter=False, running_pid=os.getpid())
+    running.update(pid_marker="pytest")  # this very process counts as its live runner
+    week_later = time.time() + 8 * 24 * 3600
+
+    assert prune_jobs(tmp_path, ttl_hours=0, now=week_later) == []  # 0 = keep forever
+    assert prune_jobs(tmp_path, ttl_hours=168) == []  # nothing is old yet
+    pruned = prune_jobs(tmp_path, ttl_hours=168, now=week_later)
+    assert len(pruned) == 2, pruned
+    assert not failed.dir.exists()
+    assert (done.adapter_dir / "adapter_config.json").is_file() and done.read()["status"] == "completed"
+    assert not done.data_dir.exists() and not done.checkpoints_dir.exists() and not done.records_path.exists()
+    assert running.data_dir.is_dir() and running.read()["status"] == "running"
+    listed = {j["id"]: j for j in list_jobs(tmp_path)}
+    assert listed[done.id]["has_adapter"] and failed.id not in listed
+    assert prune_jobs(tmp_path, ttl_hours=168, now=week_later + 3600 * 24 * 30) == []  # pruned once only

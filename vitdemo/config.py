@@ -54,6 +54,7 @@ class Settings:
     home: Path = field(default_factory=default_home)  # VITDEMO_HOME: jobs, built models
     queue_size: int = 16  # requests waiting in the queue before new ones are refused
     concurrency: int = 1  # generations running at once (the model is shared)
+    job_ttl_hours: int = 168  # fine-tune jobs untouched this long are pruned (see jobs.prune_jobs); 0 = never
     # --- limits on what one user can ask for ---
     max_new_tokens: int = 256  # default answer length in the settings panel
     max_new_tokens_cap: int = 1024  # the slider's maximum; requests above are clipped
@@ -82,6 +83,8 @@ class Settings:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise InputError(f"{name}={value!r} must be a positive integer")
+        if not isinstance(self.job_ttl_hours, int) or self.job_ttl_hours < 0:
+            raise InputError(f"job_ttl_hours={self.job_ttl_hours!r} must be 0 (keep jobs forever) or more hours")
         if self.max_new_tokens > self.max_new_tokens_cap:
             raise InputError(
                 f"max_new_tokens={self.max_new_tokens} is above max_new_tokens_cap={self.max_new_tokens_cap}"
@@ -197,6 +200,7 @@ def add_arguments(parser: argparse.ArgumentParser, *, server: bool = True) -> No
     s.add_argument("--auth", help="require a login: 'user:password' or a file of user:password lines")
     s.add_argument("--queue-size", dest="queue_size", type=int, help="max queued requests (default 16)")
     s.add_argument("--concurrency", type=int, help="generations at once (default 1)")
+    s.add_argument("--job-ttl-hours", type=int, help="prune fine-tune jobs untouched this long (default 168; 0 = never)")
     s.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, help="default answer length (default 256)")
     s.add_argument("--max-new-tokens-cap", dest="max_new_tokens_cap", type=int, help="max answer length (default 1024)")
     s.add_argument("--max-images-per-message", dest="max_images_per_message", type=int,

@@ -15,7 +15,7 @@ from vitdemo.data import DataLimits, DatasetReport, ingest_upload, load_dataset,
 from vitdemo.dataset_formats import ParseLimits
 from vitdemo.errors import DatasetError, InputError
 from vitdemo.finetune import FinetuneConfig
-from vitdemo.jobs import Job, list_jobs, new_job, open_job, running_job, start_job, stop_job
+from vitdemo.jobs import Job, list_jobs, new_job, open_job, prune_jobs, running_job, start_job, stop_job
 
 logger = logging.getLogger(__name__)
 
@@ -51,12 +51,18 @@ def _discard_unstarted(home: Path, job_id: str | None) -> None:
         shutil.rmtree(job.dir, ignore_errors=True)
 
 
+def _new_job(engine: Any, settings: Any) -> Job:
+    """A fresh job folder; old jobs are pruned first (settings.job_ttl_hours), so disk stays bounded."""
+    prune_jobs(settings.home, getattr(settings, "job_ttl_hours", 0))
+    return new_job(settings.home, model=engine.loaded.source, config={}, quant=settings.quant, device=settings.device)
+
+
 def check_upload(engine: Any, settings: Any, files: Sequence[str], previous_job: str | None = None) -> CheckResult:
     """Copy/unpack the uploads into a new job's data folder and check them."""
     if not files:
         raise DatasetError("upload a zip (images + annotation file) or an annotation file first")
     _discard_unstarted(settings.home, previous_job)
-    job = new_job(settings.home, model=engine.loaded.source, config={}, quant=settings.quant, device=settings.device)
+    job = _new_job(engine, settings)
     limits = _limits(engine, settings)
     try:
         ingest_upload(files, job.data_dir, limits)
@@ -74,7 +80,7 @@ def check_pairs(engine: Any, settings: Any, images: Sequence[str], rows: Sequenc
     if not rows:
         raise DatasetError("type at least one pair: image file name, instruction, answer")
     _discard_unstarted(settings.home, previous_job)
-    job = new_job(settings.home, model=engine.loaded.source, config={}, quant=settings.quant, device=settings.device)
+    job = _new_job(engine, settings)
     limits = _limits(engine, settings)
     try:
         if images:

@@ -251,6 +251,39 @@ def list_jobs(home: str | os.PathLike) -> list[dict[str, Any]]:
     return out
 
 
+def prune_jobs(home: str | os.PathLike, ttl_hours: float, now: float | None = None) -> list[str]:
+    """Bound the disk the jobs use; returns what was pruned ("<id>: what").
+
+    A job untouched for `ttl_hours` (0 = never prune) and not running loses what only
+    training needs: a completed job with an adapter keeps adapter/, adapter.zip, results
+    and its record (still listed, loadable and downloadable) and drops data/, records and
+    checkpoints/; any other finished job (failed, stopped, never started) is removed.
+    """
+    if ttl_hours <= 0:
+        return []
+    import shutil
+
+    now = time.time() if now is None else now
+    pruned = []
+    for data in list_jobs(home):
+        touched = max(float(data.get("updated") or 0), float(data.get("created") or 0))
+        if data.get("status") in ACTIVE or now - touched < ttl_hours * 3600 or data.get("pruned"):
+            continue
+        job = Job(data["dir"])
+        if data.get("status") == "completed" and data["has_adapter"]:
+            for bulky in (job.data_dir, job.checkpoints_dir):
+                shutil.rmtree(bulky, ignore_errors=True)
+            job.records_path.unlink(missing_ok=True)
+            job.update(pruned=True)  # touches `updated`; the flag keeps it from being pruned again
+            pruned.append(f"{job.id}: training data and checkpoints removed, adapter kept")
+        else:
+            shutil.rmtree(job.dir, ignore_errors=True)
+            pruned.append(f"{job.id}: removed ({data.get('status')})")
+    for line in pruned:
+        logger.info("job older than %s h pruned: %s", ttl_hours, line)
+    return pruned
+
+
 def open_job(home: str | os.PathLike, job_id: str) -> Job:
     """The job with this id under home (ids from the client are checked: no paths)."""
     if not job_id or "/" in job_id or "\\" in job_id or job_id.startswith("."):
