@@ -1,5 +1,7 @@
-"""Browser test of the Fine-tune tab: upload the example zip, check, start, watch the curve,
-see before/after answers, ask the tuned model. Screenshots go to tests/artifacts/."""
+"""Browser test of the Fine-tune tab in the whole app: upload the example zip, check, start,
+watch the curve, see before/after answers, ask the tuned model, chat with it in the Chat
+tab while another browser session still gets the base model. Screenshots go to
+tests/artifacts/."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from webapp import browser_page, serve_tab
+from webapp import CHROMIUM, CHROMIUM_ARGS, free_port, serve
 
 from ft_helpers import confident_head
 
@@ -34,13 +36,29 @@ def finetune_app(learnable_tiny: Path, tmp_path: Path, monkeypatch):
     from vitdemo.config import Settings
     from vitdemo.engine import Engine
     from vitdemo.models.loading import load_model
-    from vitdemo.ui.finetune import create_finetune_tab
 
     monkeypatch.setenv("VITDEMO_TRAIN_THREADS", "1")
-    settings = Settings(model=str(learnable_tiny), home=tmp_path / "home", device="cpu", quant="none")
+    settings = Settings(model=str(learnable_tiny), home=tmp_path / "home", device="cpu", quant="none",
+                        port=free_port(), max_new_tokens=8)
     engine = Engine(load_model(str(learnable_tiny), device="cpu", quant="none"))
-    with serve_tab(create_finetune_tab, engine, settings, "Fine-tune") as url:
+    with serve(settings, engine) as url:
         yield url, settings
+
+
+def _ask_in_chat(page, image: Path, question: str) -> str:
+    """Send image + question from the Chat tab; the answer once streaming has ended."""
+    from playwright.sync_api import expect
+
+    page.get_by_role("tab", name="Chat").click()
+    box = page.locator("#vitdemo-input")
+    box.locator("input[type=file]").set_input_files(str(image))
+    expect(box.locator("img")).to_have_count(1, timeout=30_000)
+    box.locator("textarea").fill(question)
+    box.locator("textarea").press("Enter")
+    bot = page.locator("#vitdemo-chatbot .bot")
+    expect(bot.last).to_be_visible(timeout=60_000)
+    expect(box.locator("textarea")).to_be_enabled(timeout=60_000)  # streaming has ended
+    return bot.last.inner_text().strip()
 
 
 def test_upload_check_train_compare_and_ask(finetune_app, artifacts_dir: Path, tmp_path: Path) -> None:
@@ -50,8 +68,14 @@ def test_upload_check_train_compare_and_ask(finetune_app, artifacts_dir: Path, t
 
     with zipfile.ZipFile(EXAMPLE_ZIP) as zf:  # one of the example images, for the "try" box
         (tmp_path / "try.jpg").write_bytes(zf.read("chinese_colors/images/0003.jpg"))
-    with browser_page(1400, 1300) as page:
-        page.goto(url)
+    from playwright.sync_api import expect, sync_playwright
+
+    question = "What color is the circle? Answer in Chinese."
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1300})
+        page.goto(url, wait_until="load")
+        page.get_by_role("tab", name="Fine-tune").click()
         page.locator("#ft-files input[type=file]").set_input_files(str(EXAMPLE_ZIP))
         page.locator("#ft-files").get_by_text("chinese_colors.zip").first.wait_for(timeout=30_000)
         page.locator("#ft-check").click()
@@ -72,7 +96,7 @@ def test_upload_check_train_compare_and_ask(finetune_app, artifacts_dir: Path, t
 
         page.locator("#ft-try-image input[type=file]").set_input_files(str(tmp_path / "try.jpg"))
         page.locator("#ft-try-image img").first.wait_for(timeout=20_000)
-        page.locator("#ft-try-q textarea").fill("What color is the circle? Answer in Chinese.")
+        page.locator("#ft-try-q textarea").fill(question)
         page.locator("#ft-try").click()
         tuned = page.locator("#ft-try-tuned textarea")
         page.wait_for_function("() => document.querySelector('#ft-try-tuned textarea').value.length > 0",
@@ -80,5 +104,27 @@ def test_upload_check_train_compare_and_ask(finetune_app, artifacts_dir: Path, t
         assert tuned.input_value().endswith("色"), tuned.input_value()
         page.locator("#ft-try-tuned").scroll_into_view_if_needed()
         page.screenshot(path=str(artifacts_dir / "finetune_3_try.png"), full_page=True)
+
+        # "Chat with this adapter": this browser's Chat tab answers with it; another
+        # browser session (a second user) still talks to the base model.
+        page.locator("#ft-use").click()
+        tuned_chat = _ask_in_chat(page, tmp_path / "try.jpg", question)
+        assert tuned_chat.endswith("色"), tuned_chat
+        expect(page.locator("#vitdemo-answering")).to_contain_text("fine-tuned adapter")
+        page.screenshot(path=str(artifacts_dir / "finetune_4_chat_tuned.png"), full_page=True)
+        other = browser.new_context(viewport={"width": 1200, "height": 900}).new_page()
+        other.goto(url, wait_until="load")
+        other_chat = _ask_in_chat(other, tmp_path / "try.jpg", question)
+        assert other_chat != tuned_chat and not other_chat.endswith("色"), other_chat
+        expect(other.locator("#vitdemo-answering")).not_to_contain_text("adapter")
+        # Back to the base model, in the first session.
+        page.get_by_role("tab", name="Fine-tune").click()
+        page.locator("#ft-base").click()
+        page.get_by_role("tab", name="Chat").click()
+        page.locator("#vitdemo-clear").click()
+        again = tmp_path / "try-again.jpg"  # a new name: the browser ignores the same file twice
+        again.write_bytes((tmp_path / "try.jpg").read_bytes())
+        assert _ask_in_chat(page, again, question) == other_chat
+        browser.close()
     jobs = list((settings.home / "jobs").iterdir())
     assert any((j / "adapter" / "adapter_config.json").is_file() for j in jobs)
