@@ -4,7 +4,7 @@ For each example dataset in assets/datasets/ (a new answer language, a new quest
 a new object property), one fine-tune with the page defaults; prints held-out exact match
 before -> after, the classroom model's original questions before -> after, and seconds.
 
-    .venv/bin/python bench/finetune_skills.py [--original 100] [--json]
+    .venv/bin/python bench/finetune_skills.py [--set epochs=6 --set lr=1e-3] [--json]
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(ROOT / "assets" / "classroom"))
     parser.add_argument("--original", type=int, default=100, help="held-out classroom scenes for the original skills")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a FinetuneConfig default (to compare settings)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -36,6 +38,12 @@ def main() -> int:
     from vitdemo.sft import exact_match
 
     torch.set_num_threads(2)
+    overrides = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        overrides[key] = json.loads(value)
+    if overrides:
+        print(f"settings changed from the page defaults: {overrides}", flush=True)
     original = held_out_items(args.original)
 
     def original_skills(model, processor) -> float:
@@ -47,7 +55,7 @@ def main() -> int:
         lm = load_model(args.model, device="cpu", quant="none")  # a fresh base for every skill
         with tempfile.TemporaryDirectory() as tmp:
             records = load_dataset(zip_path, extract_to=Path(tmp) / "data").usable_records()
-            cfg = FinetuneConfig()  # the page defaults
+            cfg = FinetuneConfig.from_dict({**FinetuneConfig().to_dict(), **overrides})  # page defaults + --set
             train, held = split_records(records, cfg.eval_fraction, cfg.seed)
             trainer = Trainer(lm.model, lm.processor, make_items(lm.processor, train),
                               make_items(lm.processor, held), cfg, Path(tmp) / "job")

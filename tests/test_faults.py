@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import relserver as rs
-from vitdemo.attention_view import ALL_HEADS, ALL_LAYERS
+from vitdemo.attention_view import ALL_HEADS, MIDDLE_LAYERS
 from vitdemo.config import Settings
 from vitdemo.heatmaps import DEFAULT_COLORMAP
 from vitdemo.engine import Engine
@@ -79,7 +79,7 @@ def test_client_disconnect_stops_generation_and_frees_the_model(url: str, engine
     monkeypatch.setattr(settings, "max_new_tokens", LONG)  # what /chat asks for
     payload = rs.upload(url, red)
     data = [payload, "Talk for a long time.", None] if api == "chat" else [
-        payload, None, "Talk for a long time.", LONG, ALL_LAYERS, ALL_HEADS, "image 1", DEFAULT_COLORMAP, 0.5, False]
+        payload, None, "Talk for a long time.", LONG, MIDDLE_LAYERS, ALL_HEADS, "image 1", DEFAULT_COLORMAP, 0.5, False]
     with rs.ForwardSpy(engine.model, delay_s=0.05) as spy:
         streamed = 0
         with rs.sse(url, rs.fn_index(url, api), data) as messages:

@@ -34,6 +34,9 @@ class MapSpec:
 
     layers: tuple[int, ...] | None = None  # None: mean over all layers; negative indices count from the end
     heads: tuple[int, ...] | None = None  # None: mean over all heads
+    # With layers=None: only the middle third of the layers (see middle_layers), where the
+    # decoder has read the image and not yet turned to writing the answer.
+    middle: bool = False
     # Divide by the attention mass that reached the image tokens, so a map is a distribution
     # over image cells (heads that mostly attend to text then do not fade out).
     renormalise: bool = True
@@ -41,23 +44,37 @@ class MapSpec:
     # same; False weights heads by how much of their attention reaches the image.
     equal_heads: bool = False
 
+    def layer_index(self, n_layers: int) -> tuple[int, ...] | None:
+        """The layers this spec averages, for a model with n_layers (None = all)."""
+        if self.layers is None and self.middle:
+            return middle_layers(n_layers)
+        return self.layers
+
     def describe(self) -> str:
         def name(word: str, index: tuple[int, ...] | None) -> str:
             if index is None:
                 return f"all {word}s"
             return f"{word}{'s' if len(index) > 1 else ''} " + ",".join(map(str, index))
 
-        layers, heads = name("layer", self.layers), name("head", self.heads)
-        return f"{layers}, {heads}" + (", heads weighted equally" if self.equal_heads else "")
+        layers = "middle layers" if self.layers is None and self.middle else name("layer", self.layers)
+        return f"{layers}, {name('head', self.heads)}" + (", heads weighted equally" if self.equal_heads else "")
 
 
-# The default map: the mean over every layer and head of the answer token's attention to
-# the image tokens, renormalised over them (heads weighted by how much they look at the
-# image). Compared with the pointing game (vitdemo/pointing.py) on classroom checkpoints
-# against single layers, single heads, equal head weights, top-share heads, decoder
-# rollout, value-norm weighting, gradient-weighted relevancy and gradient x input: none
-# beat it on held-out scenes, so it stays the model-agnostic default.
-DEFAULT_SPEC = MapSpec()
+def middle_layers(n_layers: int) -> tuple[int, ...]:
+    """The middle third of n_layers (at least one): 3 -> (1,), 24 -> 8..15, 32 -> 10..20."""
+    low = n_layers // 3
+    high = max(low + 1, (2 * n_layers) // 3)
+    return tuple(range(low, min(high, n_layers)))
+
+
+# The default map: the answer token's attention to the image tokens in the middle third of
+# the decoder's layers, averaged over heads and renormalised over the image tokens (heads
+# weighted by how much they look at the image). Chosen with the pointing game
+# (vitdemo/pointing.py) on the shipped classroom model, on validation scenes (seed
+# HELD_OUT_SEED + 7, not the reported held-out set): middle layer 90%, all layers 84%,
+# first or last layer alone 28-30%, single heads <= 67%. Earlier checkpoints had compared
+# all layers with rollout, value-norm weighting and gradient relevancy: none beat it.
+DEFAULT_SPEC = MapSpec(middle=True)
 
 
 @dataclass
@@ -221,7 +238,7 @@ def _pick(values: np.ndarray, index: tuple[int, ...] | None, axis: int) -> np.nd
 
 def select(rows: np.ndarray, spec: MapSpec) -> np.ndarray:
     """(layers, heads, n_img) -> (n_img,) per spec."""
-    picked = _pick(_pick(rows, spec.layers, axis=0), spec.heads, axis=1)  # (l, h, n_img)
+    picked = _pick(_pick(rows, spec.layer_index(rows.shape[0]), axis=0), spec.heads, axis=1)  # (l, h, n_img)
     if spec.equal_heads:
         picked = picked / np.maximum(picked.sum(-1, keepdims=True), 1e-12)
     vec = picked.mean(axis=(0, 1))

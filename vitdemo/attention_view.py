@@ -22,7 +22,8 @@ from vitdemo.errors import InputError
 
 log = logging.getLogger(__name__)
 
-ALL_LAYERS = "all layers (default)"
+MIDDLE_LAYERS = "middle layers (default)"  # the language model's default map (attention.DEFAULT_SPEC)
+ALL_LAYERS = "all layers"
 ALL_HEADS = "all heads"
 
 
@@ -38,7 +39,8 @@ class AttentionSession:
 
 
 def layer_choices(n_layers: int) -> list[str]:
-    return [ALL_LAYERS] + [f"layer {i}" for i in range(n_layers)]
+    """Choices of the language model's layer: the default (middle layers), all, each one."""
+    return [MIDDLE_LAYERS, ALL_LAYERS] + [f"layer {i}" for i in range(n_layers)]
 
 
 def head_choices(n_heads: int) -> list[str]:
@@ -46,8 +48,8 @@ def head_choices(n_heads: int) -> list[str]:
 
 
 def parse_choice(choice: str | None) -> int | None:
-    """'layer 3' -> 3, 'all ...' or None -> None."""
-    if not choice or choice.startswith("all"):
+    """'layer 3' -> 3, 'all ...', 'middle ...' or None -> None."""
+    if not choice or choice.startswith(("all", "middle")):
         return None
     try:
         return int(choice.rsplit(" ", 1)[-1])
@@ -56,11 +58,12 @@ def parse_choice(choice: str | None) -> int | None:
 
 
 def spec_for(layer: str | None, head: str | None) -> MapSpec:
-    """The default map for 'all layers' + 'all heads', else that layer/head."""
+    """The default map for the default choices (middle layers, all heads), else that layer/head."""
     li, hi = parse_choice(layer), parse_choice(head)
-    if li is None and hi is None:
+    middle = layer is None or layer == MIDDLE_LAYERS
+    if middle and hi is None:
         return DEFAULT_SPEC
-    return MapSpec(layers=None if li is None else (li,), heads=None if hi is None else (hi,))
+    return MapSpec(layers=None if li is None else (li,), heads=None if hi is None else (hi,), middle=middle)
 
 
 def token_spans(tokens: list[str], selected: int | None) -> list[tuple[str, str | None]]:
@@ -128,7 +131,7 @@ def vision_choices(session: AttentionSession) -> tuple[list[str], list[str]]:
     if result is None or result.vision is None:
         return [ALL_LAYERS], [ALL_HEADS]
     _, n_layers, n_heads, _ = result.vision.mean_rows.shape  # (tiles, layers, heads, n_patches)
-    return layer_choices(n_layers), head_choices(n_heads)
+    return [ALL_LAYERS] + [f"layer {i}" for i in range(n_layers)], head_choices(n_heads)
 
 
 def downloads(session: AttentionSession, view: View) -> list[str]:

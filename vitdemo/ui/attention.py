@@ -52,7 +52,7 @@ def create_attention_tab(engine: Any, settings: Any = None, adapter_state: gr.St
             overlay = gr.Image(label="Where it looked", type="pil", interactive=False, elem_id="attn-overlay",
                                height=360)
     with gr.Row():
-        layer = gr.Dropdown([av.ALL_LAYERS], value=av.ALL_LAYERS, label="Layer")
+        layer = gr.Dropdown([av.MIDDLE_LAYERS], value=av.MIDDLE_LAYERS, label="Layer")
         head = gr.Dropdown([av.ALL_HEADS], value=av.ALL_HEADS, label="Head")
         which = gr.Dropdown(["image 1"], value="image 1", label="Image")
         cmap = gr.Dropdown(list(COLORMAPS), value=DEFAULT_COLORMAP, label="Colormap")
@@ -145,7 +145,7 @@ def create_attention_tab(engine: Any, settings: Any = None, adapter_state: gr.St
         ans, prm = _spans(s)
         pic, text = _main(s, layer_v, head_v, which_v, cmap_v, opacity_v, smooth_v)
         yield (s, done, ans, prm, pic, text,
-               gr.update(choices=av.layer_choices(r.n_layers), value=layer_v if layer_v in av.layer_choices(r.n_layers) else av.ALL_LAYERS),
+               gr.update(choices=av.layer_choices(r.n_layers), value=layer_v if layer_v in av.layer_choices(r.n_layers) else av.MIDDLE_LAYERS),
                gr.update(choices=av.head_choices(r.n_heads), value=head_v if head_v in av.head_choices(r.n_heads) else av.ALL_HEADS),
                gr.update(choices=names, value=which_v if which_v in names else names[0]))
 
