@@ -79,7 +79,8 @@ def test_client_disconnect_stops_generation_and_frees_the_model(url: str, engine
     monkeypatch.setattr(settings, "max_new_tokens", LONG)  # what /chat asks for
     payload = rs.upload(url, red)
     data = [payload, "Talk for a long time.", None] if api == "chat" else [
-        payload, None, "Talk for a long time.", LONG, MIDDLE_LAYERS, ALL_HEADS, "image 1", DEFAULT_COLORMAP, 0.5, False]
+        payload, None, "Talk for a long time.", LONG, MIDDLE_LAYERS, ALL_HEADS, "image 1", DEFAULT_COLORMAP, 0.5, False,
+        None]  # the last: this session's adapter choice (a gr.State; None = the server default)
     with rs.ForwardSpy(engine.model, delay_s=0.05) as spy:
         streamed = 0
         with rs.sse(url, rs.fn_index(url, api), data) as messages:
@@ -138,11 +139,11 @@ def test_restart_keeps_finished_adapters_listed_and_loadable(tiny_llava_dir: Pat
             dropdown = next(c for c in config["components"] if c.get("props", {}).get("elem_id") == "ft-jobs")
             assert any(choice[1] == job_id for choice in dropdown["props"]["choices"]), dropdown["props"]["choices"]
             client = Client(u, verbose=False)
-            base = client.predict(handle_file(red), "What is red?", None, api_name="/chat")
             client.predict(job_id, api_name="/on_pick")  # the Fine-tune tab: pick the earlier job,
-            client.predict(api_name="/on_use")  # then "use this adapter"
+            client.predict(api_name="/on_use")  # then "chat with this adapter": it loads now
             assert engine.active_adapter == str(adapter.resolve())
-            tuned = client.predict(handle_file(red), "What is red?", None, api_name="/chat")
+            base, tuned = client.predict(handle_file(red), "What is red?", api_name="/on_try")  # base vs tuned
+            assert client.predict(handle_file(red), "What is red?", None, api_name="/chat").startswith(base[:8])
             answers[run] = (base, tuned)
         [job] = [j for j in list_jobs(tmp_path) if j["id"] == job_id]
         assert job["status"] == "completed" and job["has_adapter"]

@@ -75,7 +75,7 @@ def _add_then_generate(url: str, message: dict, n_tokens: int = 4) -> tuple[str 
     err = rs.error_text(added)
     if err is not None:
         return err, []
-    with rs.sse(url, rs.fn_index(url, "generate"), [None, n_tokens, 0.0, 1.0, 0], session_hash=session) as msgs:
+    with rs.sse(url, rs.fn_index(url, "generate"), [None, n_tokens, 0.0, 1.0, 0, None], session_hash=session) as msgs:
         return None, list(msgs)
 
 
@@ -96,7 +96,7 @@ def test_hostile_chat_messages_are_refused_and_the_server_keeps_serving(url: str
     session = f"hostile-{case}-{time.monotonic_ns()}"
     added = rs.call(url, rs.fn_index(url, "add_message"), [message, None], session_hash=session)
     assert added.get("success") is True and added["output"]["data"][1] == {"__type__": "update"}, added
-    generated = rs.call(url, rs.fn_index(url, "generate"), [None, 4, 0.0, 1.0, 0], session_hash=session)
+    generated = rs.call(url, rs.fn_index(url, "generate"), [None, 4, 0.0, 1.0, 0, None], session_hash=session)
     assert generated["output"]["data"][1] == {"__type__": "update"}, generated
     # The message the toast shows comes from the session's own check.
     with pytest.raises(InputError, match=expected):
