@@ -44,3 +44,16 @@ def test_app_with_a_model_that_cannot_load_exits_with_one_error_line(tmp_path: P
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines[-1].startswith("error: ") and "missing" in lines[-1], proc.stderr[-2000:]
+
+
+def test_page_header_fills_in_once_the_model_is_loaded(tiny_llava_dir: Path, tmp_path: Path) -> None:
+    """The page is served before the model is there; its header then names device and quantization."""
+    from playwright.sync_api import expect
+
+    from webapp import browser_page, serve
+
+    settings = Settings(model=str(tiny_llava_dir), home=tmp_path, port=free_port())
+    with serve(settings) as url, browser_page() as page:
+        page.goto(url, wait_until="load")
+        expect(page.get_by_text("quantization")).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("(loading...)")).to_have_count(0)

@@ -88,3 +88,11 @@ def test_classroom_only_sections_say_so_politely_for_other_models(tiny_llava_dir
     # The head walkthrough is not classroom-only: it works on any Llama-style decoder.
     model, processor, inputs = _inputs(tiny_llava_dir)
     assert walk_through_head(model, processor, inputs, layer=0, head=0).max_abs_difference < 1e-4
+
+
+def test_stage_answers_of_an_untrained_decoder_read_as_a_note_not_as_garbage():
+    from vitdemo.learn.stages import readable_answer
+
+    assert readable_answer("\ufffd \ufffd\ufffd \ufffd").startswith("(no words yet")
+    for real in ("red", "橙色", "a red circle at top", "yes \ufffd"):  # real answers stay as they are
+        assert readable_answer(real) == real

@@ -43,3 +43,12 @@ def load_stages(model_dir: Path) -> list[StageRecord]:
         out.append(StageRecord(stage["name"], STAGE_NOTES.get(stage["name"], ""), stage["seconds"],
                                stage["curve"], stage.get("answers_after", []), extra))
     return out
+
+
+def readable_answer(answer: str) -> str:
+    """An answer as a class can read it: an untrained decoder emits stray bytes that are
+    not whole characters (shown as U+FFFD); say so instead of printing a row of them."""
+    broken = answer.count("\ufffd")
+    if broken and broken >= len(answer.replace(" ", "")) / 2:
+        return "(no words yet: untrained decoder, stray bytes)"
+    return answer

@@ -95,13 +95,14 @@ def build_ui(settings: Settings | None = None, engine: Engine | None = None) -> 
     settings = settings or Settings.from_env()
     engine = engine or Engine.load_in_background(settings)
     with gr.Blocks(title="vitdemo", analytics_enabled=False, delete_cache=(3600, 24 * 3600)) as demo:
-        header = gr.Markdown(_header(engine) if engine.is_loaded else _loading_header(engine))
+        ready = engine.is_loaded  # read once: the load may finish while the tabs are built
+        header = gr.Markdown(_header(engine) if ready else _loading_header(engine))
         adapter_state = adapter_choice.new_state()  # this user's adapter, shared by the tabs
         with gr.Tab("Chat"):
             create_chat_tab(engine, settings, adapter_state)
         for name, label in OPTIONAL_TABS:
             _add_optional_tab(name, label, engine, settings, adapter_state)
-        if not engine.is_loaded:
+        if not ready:
             demo.load(lambda: _header(engine), None, header, queue=False, show_progress="hidden")
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=settings.concurrency)
     demo.vitdemo_engine = engine  # type: ignore[attr-defined]  # for tests and tabs

@@ -189,7 +189,7 @@ def _stage_view(engine: Any, example: int):
     except VitdemoError as err:
         raise gr.Error(str(err)) from err
     notes = "\n".join(f"{i}. **{r.name}** ({r.seconds / 60:.1f} min): {r.note}" for i, r in enumerate(records, 1))
-    rows = [[r.name, a["question"], a["expected"], _clip(a["answer"]), "yes" if a["answer"] == a["expected"] else "no"]
+    rows = [[r.name, a["question"], a["expected"], _clip(stages.readable_answer(a["answer"])), "yes" if a["answer"] == a["expected"] else "no"]
             for r in records for a in r.answers_after if a["example"] == int(example)]
     return notes, plots.loss_curves(records), rows
 
