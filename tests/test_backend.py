@@ -316,3 +316,27 @@ def test_per_user_adapter_does_not_change_what_others_get(tiny_llava_dir: Path, 
     assert reply(KEEP) == base_answer  # ...yet the next user without a choice gets the server default
     engine.use_adapter(adapter)  # the server default itself (--adapter)
     assert reply(KEEP) == tuned_answer and reply(None) == base_answer
+
+
+def test_streamer_hands_on_each_token_at_once_and_never_splits_a_character() -> None:
+    """The first word is not held back until a space; multi-byte characters arrive whole."""
+    from transformers import AutoTokenizer
+
+    from vitdemo.chat import _eager_streamer
+
+    tokenizer = AutoTokenizer.from_pretrained(Path(__file__).resolve().parent.parent / "assets" / "classroom")
+    text = "three 红色 and a blue circle"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    streamer = _eager_streamer(tokenizer)
+    streamer.put(torch.tensor([[1, 2]]))  # the prompt: skipped
+    streamer.put(torch.tensor([ids[0]]))
+    assert streamer.text_queue.get_nowait() == tokenizer.decode(ids[:1])  # out after one token
+    for token in ids[1:]:
+        streamer.put(torch.tensor([token]))
+    streamer.end()
+    pieces = [tokenizer.decode(ids[:1])]
+    while (piece := streamer.text_queue.get_nowait()) is not streamer.stop_signal:
+        pieces.append(piece)
+    assert "".join(pieces) == text
+    assert not any("\ufffd" in p for p in pieces)
+    assert len(tokenizer("红", add_special_tokens=False)["input_ids"]) > 1  # the case this guards: 红 is bytes

@@ -216,6 +216,33 @@ def _stopping_criteria(*events: threading.Event):
     return StoppingCriteriaList([_EventStop()])
 
 
+def _eager_streamer(tokenizer: Any) -> Any:
+    """A TextIteratorStreamer that hands on each token's text as soon as it decodes to whole
+    characters. The library's holds text back until a space, so the first word showed up
+    one token late (a third of the time to first token on the classroom model)."""
+    from transformers import TextIteratorStreamer
+
+    class EagerStreamer(TextIteratorStreamer):
+        def put(self, value: Any) -> None:
+            if value.dim() > 1:
+                if value.shape[0] > 1:
+                    raise ValueError("the streamer handles one sequence at a time")
+                value = value[0]
+            if self.skip_prompt and self.next_tokens_are_prompt:
+                self.next_tokens_are_prompt = False
+                return
+            self.token_cache.extend(value.tolist())
+            text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)
+            if text.endswith("\ufffd"):  # part of a multi-byte character: wait for the rest
+                return
+            printable = text[self.print_len:]
+            self.print_len += len(printable)
+            if printable:
+                self.on_finalized_text(printable)
+
+    return EagerStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+
+
 def _is_oom(err: BaseException) -> bool:
     import torch
 
@@ -240,7 +267,6 @@ def stream_answer(
     stays usable after either.
     """
     import torch
-    from transformers import TextIteratorStreamer
 
     gen = gen or GenerationSettings()
     gen.validate()
@@ -257,7 +283,7 @@ def stream_answer(
             f"the conversation is {n_input} tokens, the model's context is {limit}: clear the chat or use fewer images"
         )
     tokenizer = getattr(engine.processor, "tokenizer", engine.processor)
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    streamer = _eager_streamer(tokenizer)
     failure: list[BaseException] = []
     new_tokens: list[int] = []
 
