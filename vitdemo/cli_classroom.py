@@ -12,7 +12,7 @@ CLASSROOM_DIR = Path(__file__).resolve().parent.parent / "assets" / "classroom"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    build = subparsers.add_parser("build-classroom", help="train the classroom model from a seed (about 45 min on 2 cores)")
+    build = subparsers.add_parser("build-classroom", help="train the classroom model from a seed (about 50 min on 2 cores)")
     build.add_argument("--out", type=Path, default=CLASSROOM_DIR, help="output folder (default: assets/classroom)")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--instruction-steps", type=int, default=None, help="override stage-4 steps (quick trials)")
