@@ -22,7 +22,7 @@ from vitdemo.errors import InputError
 
 log = logging.getLogger(__name__)
 
-MIDDLE_LAYERS = "middle layers (default)"  # the language model's default map (attention.DEFAULT_SPEC)
+MIDDLE_LAYERS = "middle layers"  # the language model's default map (attention.DEFAULT_SPEC)
 ALL_LAYERS = "all layers"
 ALL_HEADS = "all heads"
 

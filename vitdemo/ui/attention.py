@@ -52,7 +52,7 @@ def create_attention_tab(engine: Any, settings: Any = None, adapter_state: gr.St
             overlay = gr.Image(label="Where it looked", type="pil", interactive=False, elem_id="attn-overlay",
                                height=360)
     with gr.Row():
-        layer = gr.Dropdown([av.MIDDLE_LAYERS], value=av.MIDDLE_LAYERS, label="Layer")
+        layer = gr.Dropdown([av.MIDDLE_LAYERS], value=av.MIDDLE_LAYERS, label="Layer (default: middle layers)")
         head = gr.Dropdown([av.ALL_HEADS], value=av.ALL_HEADS, label="Head")
         which = gr.Dropdown(["image 1"], value="image 1", label="Image")
         cmap = gr.Dropdown(list(COLORMAPS), value=DEFAULT_COLORMAP, label="Colormap")
