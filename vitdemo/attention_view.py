@@ -38,9 +38,9 @@ class AttentionSession:
     notice: str | None = None  # why there are no maps
 
 
-def layer_choices(n_layers: int) -> list[str]:
-    """Choices of the language model's layer: the default (middle layers), all, each one."""
-    return [MIDDLE_LAYERS, ALL_LAYERS] + [f"layer {i}" for i in range(n_layers)]
+def layer_choices(n_layers: int, middle: bool = True) -> list[str]:
+    """Layer choices: the language model's default (middle layers, when `middle`), all, each one."""
+    return [MIDDLE_LAYERS] * middle + [ALL_LAYERS] + [f"layer {i}" for i in range(n_layers)]
 
 
 def head_choices(n_heads: int) -> list[str]:
@@ -131,7 +131,7 @@ def vision_choices(session: AttentionSession) -> tuple[list[str], list[str]]:
     if result is None or result.vision is None:
         return [ALL_LAYERS], [ALL_HEADS]
     _, n_layers, n_heads, _ = result.vision.mean_rows.shape  # (tiles, layers, heads, n_patches)
-    return [ALL_LAYERS] + [f"layer {i}" for i in range(n_layers)], head_choices(n_heads)
+    return layer_choices(n_layers, middle=False), head_choices(n_heads)  # the encoder has no "middle" default
 
 
 def downloads(session: AttentionSession, view: View) -> list[str]:

@@ -10,6 +10,7 @@ engine lock; the caller iterates text pieces. A threading.Event stops it between
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -220,6 +221,12 @@ def _eager_streamer(tokenizer: Any) -> Any:
     """A TextIteratorStreamer that hands on each token's text as soon as it decodes to whole
     characters. The library's holds text back until a space, so the first word showed up
     one token late (a third of the time to first token on the classroom model)."""
+    return _eager_streamer_class()(tokenizer, skip_prompt=True, skip_special_tokens=True)
+
+
+@functools.lru_cache(maxsize=1)
+def _eager_streamer_class() -> type:
+    """Built on first use (transformers is imported lazily), then reused by every request."""
     from transformers import TextIteratorStreamer
 
     class EagerStreamer(TextIteratorStreamer):
@@ -240,7 +247,7 @@ def _eager_streamer(tokenizer: Any) -> Any:
             if printable:
                 self.on_finalized_text(printable)
 
-    return EagerStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    return EagerStreamer
 
 
 def _is_oom(err: BaseException) -> bool:

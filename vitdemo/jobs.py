@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -261,8 +262,6 @@ def prune_jobs(home: str | os.PathLike, ttl_hours: float, now: float | None = No
     """
     if ttl_hours <= 0:
         return []
-    import shutil
-
     now = time.time() if now is None else now
     pruned = []
     for data in list_jobs(home):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,18 @@ def classroom_folder(engine: Any) -> Path:
         f"this section needs the classroom model's extra parts (its contrastive encoders and training "
         f"record); the loaded model {engine.loaded.source} does not have them. Start vitdemo without "
         f"--model to use the classroom model.")
+
+
+def decoder_layers_and_heads(engine: Any) -> tuple[int, int]:
+    """The language model's layer and head counts, from config.json when the model is a
+    local folder (so the Learn tab is built while the model still loads), else from the model."""
+    try:
+        config = json.loads((Path(str(engine.source)) / "config.json").read_text())
+        text = config.get("text_config") or config
+        return int(text["num_hidden_layers"]), int(text["num_attention_heads"])
+    except (OSError, ValueError, KeyError, TypeError):
+        text_cfg = engine.model.config.get_text_config()
+        return int(getattr(text_cfg, "num_hidden_layers", 1)), int(getattr(text_cfg, "num_attention_heads", 1))
 
 
 @lru_cache(maxsize=2)

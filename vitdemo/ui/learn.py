@@ -208,23 +208,10 @@ def _shots(engine: Any, image_path: str, question: str, examples_text: str):
 
 # --- layout and wiring ------------------------------------------------------------------
 
-def _layers_and_heads(engine: Any) -> tuple[int, int]:
-    """The language model's layer and head counts, from config.json when the model is a
-    local folder (so the tab is built while the model still loads), else from the model."""
-    config_file = Path(str(engine.source)) / "config.json"
-    try:
-        config = json.loads(config_file.read_text())
-        text = config.get("text_config") or config
-        return int(text["num_hidden_layers"]), int(text["num_attention_heads"])
-    except (OSError, ValueError, KeyError, TypeError):
-        text_cfg = engine.model.config.get_text_config()
-        return (int(getattr(text_cfg, "num_hidden_layers", 1)), int(getattr(text_cfg, "num_attention_heads", 1)))
-
-
 def create_learn_tab(engine: Any, settings: Any = None) -> None:
     examples = _example_paths(engine)
     first = examples[0] if examples else None
-    n_layers, n_heads = _layers_and_heads(engine)
+    n_layers, n_heads = learn.decoder_layers_and_heads(engine)
 
     with gr.Column(elem_id="learn-tab"):
         with gr.Row():
