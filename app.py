@@ -26,7 +26,7 @@ if __name__ == "__main__":
 
     try:
         settings = _settings(sys.argv[1:])
-        launch(build_ui(settings), settings)
+        launch(build_ui(settings, defer_load=True), settings)
     except VitdemoError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

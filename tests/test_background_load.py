@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,25 @@ def test_page_header_fills_in_once_the_model_is_loaded(tiny_llava_dir: Path, tmp
         page.goto(url, wait_until="load")
         expect(page.get_by_text("quantization")).to_be_visible(timeout=60_000)
         expect(page.get_by_text("(loading...)")).to_have_count(0)
+
+
+def test_deferred_load_starts_on_request_or_on_first_use(tiny_llava_dir: Path, tmp_path: Path) -> None:
+    """`python app.py` defers the load until the server answers; a first use starts it too."""
+    engine = Engine.load_in_background(Settings(model=str(tiny_llava_dir), home=tmp_path), start=False)
+    time.sleep(0.5)
+    assert not engine.is_loaded  # nothing started on its own
+    assert engine.model is not None  # first use starts the load and waits for it
+    assert engine.is_loaded
+    engine.start_loading()  # later calls are harmless
+    assert engine.wait_loaded().source == str(tiny_llava_dir)
+
+
+def test_building_the_page_imports_neither_torch_nor_matplotlib() -> None:
+    """The tabs import torch (and matplotlib) only when they compute: the page is served sooner."""
+    code = ("import sys; from vitdemo.ui import app; "
+            "[__import__(f'vitdemo.ui.{name}') for name, _ in app.OPTIONAL_TABS]; "
+            "print(sorted(m for m in ('torch', 'matplotlib', 'transformers') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]", proc.stdout

@@ -68,7 +68,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from vitdemo.ui.app import build_ui, launch
 
     settings = Settings.from_args(args)
-    launch(build_ui(settings), settings)
+    launch(build_ui(settings, defer_load=True), settings)
     return 0
 
 

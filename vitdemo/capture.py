@@ -19,14 +19,16 @@ import queue
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from vitdemo.attention import AttentionResult, VisionAttention, rollout_step
 from vitdemo.errors import GenerationError, UnsupportedModelError
 from vitdemo.layouts import ImageTokenLayout, build_layout
+
+if TYPE_CHECKING:  # torch imports inside the functions: the UI imports this module before the model loads
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,7 @@ def estimate_capture_bytes(*, n_layers: int, n_heads: int, n_image_tokens: int, 
 
 def free_memory_bytes(device: torch.device) -> int:
     """Free memory where the capture will live (the accelerator, else host RAM)."""
+    import torch
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
@@ -196,6 +199,7 @@ class _StopOnEvent:
         self.event = event
 
     def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        import torch
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
@@ -206,6 +210,7 @@ def _text_config(config: Any) -> Any:
 def plan_capture(model: Any, inputs: Any, layout: ImageTokenLayout, max_new_tokens: int,
                  settings: CaptureSettings) -> CaptureEstimate:
     """Estimate the capture's memory and refuse (CaptureMemoryError) if it does not fit."""
+    import torch
     text = _text_config(model.config)
     ids = inputs["input_ids"]
     seq_len = int(ids.shape[-1])
@@ -243,6 +248,7 @@ def stream_capture(model: Any, processor: Any, inputs: Any, images: Sequence[Any
     so far (special tokens such as end-of-sequence are skipped unless `keep_special`).
     The caller holds the engine lock. Raises UnsupportedModelError (unknown
     layout), CaptureMemoryError (too large) before generating anything."""
+    import torch
     layout = layout or build_layout(model.config, processor, inputs, images)
     max_new = int(gen_kwargs.get("max_new_tokens", 64))
     plan_capture(model, inputs, layout, max_new, settings)
@@ -400,6 +406,7 @@ def capture(model: Any, processor: Any, inputs: Any, images: Sequence[Any], gen_
 
 def to_model(inputs: Any, model: Any) -> dict[str, Any]:
     """Tensors onto the model's device; floating ones (pixels) to its compute dtype."""
+    import torch
     embed = model.get_input_embeddings().weight
     moved = {}
     for key, value in inputs.items():

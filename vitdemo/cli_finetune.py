@@ -68,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _config_from_args(args: argparse.Namespace) -> dict[str, Any]:
     from vitdemo.errors import InputError
-    from vitdemo.finetune import FinetuneConfig
+    from vitdemo.ft_config import FinetuneConfig
 
     cfg: dict[str, Any] = {}
     for name in _FLAGS:

@@ -39,6 +39,8 @@ class Engine:
         self._active: str | None = None  # resolved path of the active adapter, None = base
         self.default_adapter: str | None = None  # what KEEP means: use_adapter sets it
         self._peft: Any = None  # the PeftModel wrapper once an adapter was loaded
+        self._start_load: threading.Thread | None = None  # a deferred background load
+        self._start_lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: Any) -> "Engine":
@@ -49,11 +51,13 @@ class Engine:
         return engine
 
     @classmethod
-    def load_in_background(cls, settings: Any) -> "Engine":
+    def load_in_background(cls, settings: Any, *, start: bool = True) -> "Engine":
         """An Engine at once; the model loads in a thread and the first use waits for it.
 
         The web page can be served while torch and transformers import (seconds); a load
-        error is raised by the first use of `loaded` (and by `wait_loaded`).
+        error is raised by the first use of `loaded` (and by `wait_loaded`). With
+        start=False the thread starts on `start_loading()` (or on first use): `launch`
+        starts it once the server answers, so the imports do not compete with the page's.
         """
         source = str(resolve_model_source(settings.model, settings.home))
         future: concurrent.futures.Future = concurrent.futures.Future()
@@ -70,13 +74,23 @@ class Engine:
                 else:  # the model loaded but its adapter did not: fall back to the base model
                     logger.error("adapter %s not loaded: %s", settings.adapter, err)
 
-        threading.Thread(target=load, name="vitdemo-model-load", daemon=True).start()
+        engine._start_load = threading.Thread(target=load, name="vitdemo-model-load", daemon=True)
+        if start:
+            engine.start_loading()
         return engine
+
+    def start_loading(self) -> None:
+        """Start a deferred background load (no-op if it started or the model is there)."""
+        with self._start_lock:
+            thread, self._start_load = self._start_load, None
+        if thread is not None:
+            thread.start()
 
     @property
     def loaded(self) -> LoadedModel:
         """The loaded model (waits for a background load; raises its error if it failed)."""
         if isinstance(self._loaded, concurrent.futures.Future):
+            self.start_loading()
             try:
                 self._loaded = self._loaded.result()
             except ModelLoadError:

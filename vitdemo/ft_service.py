@@ -14,7 +14,7 @@ from typing import Any, Sequence
 from vitdemo.data import DataLimits, DatasetReport, ingest_upload, load_dataset, records_from_pairs, save_records
 from vitdemo.dataset_formats import ParseLimits
 from vitdemo.errors import DatasetError, InputError
-from vitdemo.finetune import FinetuneConfig
+from vitdemo.ft_config import FinetuneConfig
 from vitdemo.jobs import Job, list_jobs, new_job, open_job, prune_jobs, running_job, start_job, stop_job
 
 logger = logging.getLogger(__name__)

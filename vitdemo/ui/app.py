@@ -86,14 +86,16 @@ def _broken_tab(label: str, err: BaseException) -> bool:
     return True
 
 
-def build_ui(settings: Settings | None = None, engine: Engine | None = None) -> gr.Blocks:
+def build_ui(settings: Settings | None = None, engine: Engine | None = None, *,
+             defer_load: bool = False) -> gr.Blocks:
     """The whole app. Loads the model (settings.model, else the default) unless `engine` is given.
 
     The model loads in a background thread, so the page is served while torch imports;
-    the header fills in (and the first request waits) once it is there.
+    the header fills in (and the first request waits) once it is there. defer_load=True
+    starts that thread only when `launch` has the server answering (or on first use).
     """
     settings = settings or Settings.from_env()
-    engine = engine or Engine.load_in_background(settings)
+    engine = engine or Engine.load_in_background(settings, start=not defer_load)
     with gr.Blocks(title="vitdemo", analytics_enabled=False, delete_cache=(3600, 24 * 3600)) as demo:
         ready = engine.is_loaded  # read once: the load may finish while the tabs are built
         header = gr.Markdown(_header(engine) if ready else _loading_header(engine))
@@ -117,6 +119,9 @@ def launch_kwargs(settings: Settings) -> dict[str, Any]:
         "auth": settings.auth_pairs or None,
         "ssr_mode": False,  # Gradio 6.27-6.32: auth bypass via a forged Host header with SSR on
         "max_file_size": f"{settings.max_upload_mb}mb",
+        # Every session (a browser tab, an API client) keeps a copy of the page's config and
+        # its states until evicted; the library's default of 10000 lets memory grow for days.
+        "state_session_capacity": settings.max_sessions,
         "show_error": True,
         "css": CSS,
     }
@@ -134,9 +139,13 @@ def launch(demo: gr.Blocks, settings: Settings, **overrides: Any) -> Any:
     logger.info("serving on http://%s:%d", settings.host, settings.port)
     engine = getattr(demo, "vitdemo_engine", None)
     if engine is None or engine.is_loaded or kwargs.get("prevent_thread_lock"):
-        return demo.launch(**kwargs)
+        result = demo.launch(**kwargs)
+        if engine is not None:
+            engine.start_loading()
+        return result
     # Serve at once, but a model that cannot load still ends the command with its error.
     result = demo.launch(**{**kwargs, "prevent_thread_lock": True})
+    engine.start_loading()
     try:
         engine.wait_loaded()
     except VitdemoError:

@@ -17,7 +17,7 @@ import pandas as pd
 from vitdemo import ft_service as svc
 from vitdemo.chat import GenerationSettings, answer, open_image, user_message
 from vitdemo.errors import VitdemoError
-from vitdemo.finetune import FinetuneConfig
+from vitdemo.ft_config import FinetuneConfig
 from vitdemo.ui import adapter_choice
 
 logger = logging.getLogger(__name__)

@@ -17,8 +17,10 @@ import numpy as np
 
 from vitdemo import learn
 from vitdemo.errors import VitdemoError
-from vitdemo.learn import fewshot, inside, plots, stages
-from vitdemo.learn.contrastive import match_captions
+from vitdemo.learn import fewshot, stages
+
+# vitdemo.learn.inside / .contrastive (torch) and .plots (matplotlib) are imported in the
+# handlers: building the page must not wait for them (the startup benchmark counts it).
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +113,7 @@ def _fmt(values: list[float], n: int = 8) -> str:
 # --- section logic (thin: gather, call vitdemo.learn, format) ---------------------------
 
 def _inside(engine: Any, image_path: str, question: str, layer: int, head: int, query: int | None):
+    from vitdemo.learn import inside, plots
     image = _open(image_path)
     if not question.strip():
         raise gr.Error("Type a question first.")
@@ -152,6 +155,8 @@ def _inside(engine: Any, image_path: str, question: str, layer: int, head: int, 
 
 
 def _contrastive(engine: Any, image_path: str, captions_text: str):
+    from vitdemo.learn import plots
+    from vitdemo.learn.contrastive import match_captions
     image = _open(image_path)
     captions = [c.strip() for c in captions_text.splitlines() if c.strip()]
     if len(captions) < 2:
@@ -184,6 +189,7 @@ def _suggest_captions(engine: Any, image_path: str) -> str:
 
 
 def _stage_view(engine: Any, example: int):
+    from vitdemo.learn import plots
     try:
         records = stages.load_stages(learn.classroom_folder(engine))
     except VitdemoError as err:
