@@ -289,3 +289,25 @@ def test_to_model_keeps_integer_ids(tiny_llava_dir):
     model, processor = _load(tiny_llava_dir)
     moved = to_model(_prompt(processor, _images()[:1]), model)
     assert moved["input_ids"].dtype == torch.long and moved["pixel_values"].dtype == torch.float32
+
+
+def test_download_folders_expire(llava_engine, tmp_path):
+    """'Prepare files' writes a fresh folder each time; folders past their time to live go."""
+    import os
+    import time
+
+    from vitdemo import attention_view as av
+    from vitdemo.attend import View, attend
+
+    images = _images()[:1]
+    _, result, _ = attend(llava_engine, images, "what colour?")
+    session = av.AttentionSession(images=images, result=result)
+    first = av.downloads(session, View(), root=tmp_path)
+    old_folder = os.path.dirname(first[0])
+    assert all(os.path.isfile(f) for f in first)
+    past = time.time() - av.DOWNLOAD_TTL_S - 60
+    os.utime(old_folder, (past, past))
+    second = av.downloads(session, View(), root=tmp_path)
+    assert not os.path.exists(old_folder)  # expired
+    assert all(os.path.isfile(f) for f in second)
+    assert [p.name for p in tmp_path.iterdir()] == [os.path.basename(os.path.dirname(second[0]))]

@@ -7,7 +7,9 @@ user's selection (token, layer, head, image, colormap, opacity) into pictures an
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -134,11 +136,28 @@ def vision_choices(session: AttentionSession) -> tuple[list[str], list[str]]:
     return layer_choices(n_layers, middle=False), head_choices(n_heads)  # the encoder has no "middle" default
 
 
-def downloads(session: AttentionSession, view: View) -> list[str]:
-    """Write PNGs, maps.npz and maps.json of the current answer into a fresh temp folder."""
+DOWNLOAD_TTL_S = 600.0  # Gradio copies returned files into its own cache at once; ours may go after this
+
+
+def download_folder(root: Path | None = None, ttl_s: float = DOWNLOAD_TTL_S) -> Path:
+    """A fresh folder for one set of downloads; folders older than ttl_s are removed, so
+    pressing "Prepare files" all day does not fill the disk."""
+    root = root or Path(tempfile.gettempdir()) / "vitdemo-maps"
+    root.mkdir(parents=True, exist_ok=True)
+    cutoff = time.time() - ttl_s
+    for old in root.iterdir():
+        try:
+            if old.is_dir() and old.stat().st_mtime < cutoff:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:  # another server removed it first
+            continue
+    return Path(tempfile.mkdtemp(dir=root))
+
+
+def downloads(session: AttentionSession, view: View, root: Path | None = None) -> list[str]:
+    """Write PNGs, maps.npz and maps.json of the current answer into a fresh download folder."""
     result, _, _ = _resolve(session)
-    folder = Path(tempfile.mkdtemp(prefix="vitdemo-maps-"))
-    return [str(p) for p in export(result, session.images, folder, view)]
+    return [str(p) for p in export(result, session.images, download_folder(root), view)]
 
 
 def blank(size: tuple[int, int] = (8, 8)) -> np.ndarray:

@@ -143,8 +143,9 @@ def create_attention_tab(engine: Any, settings: Any = None, adapter_state: gr.St
         names = [f"image {i + 1}" for i in range(len(s.images))]
         done = "Done. Click a word to see its map." + (f" ({r.vision_error})" if r.vision_error else "")
         ans, prm = _spans(s)
-        pic, text = _main(s, layer_v, head_v, which_v, cmap_v, opacity_v, smooth_v)
-        yield (s, done, ans, prm, pic, text,
+        # The picture and caption are those of the last streamed word: sending the same image
+        # again makes Gradio rewrite its cached file while the browser may still be reading it.
+        yield (s, done, ans, prm, gr.update(), gr.update(),
                gr.update(choices=av.layer_choices(r.n_layers), value=layer_v if layer_v in av.layer_choices(r.n_layers) else av.MIDDLE_LAYERS),
                gr.update(choices=av.head_choices(r.n_heads), value=head_v if head_v in av.head_choices(r.n_heads) else av.ALL_HEADS),
                gr.update(choices=names, value=which_v if which_v in names else names[0]))
