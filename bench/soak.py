@@ -9,6 +9,10 @@ and the end.
 
     .venv/bin/python bench/soak.py                      # 1000 requests (bounded by --max-seconds)
     .venv/bin/python bench/soak.py --requests 100       # quick run
+    .venv/bin/python bench/soak.py --fresh-client       # a new client session per request
+    .venv/bin/python bench/soak.py --server-env MALLOC_ARENA_MAX=2   # an allocator setting
+
+Besides the three figures, a sample every --sample-every requests shows the curve's shape.
 """
 
 from __future__ import annotations
@@ -56,6 +60,11 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=10, help="distinct images in the rotation")
     parser.add_argument("--max-new-tokens", type=int, default=8)
     parser.add_argument("--max-seconds", type=float, default=1800.0, help="stop early (and say so) after this")
+    parser.add_argument("--sample-every", type=int, default=100, help="requests between curve samples")
+    parser.add_argument("--fresh-client", action="store_true",
+                        help="a new gradio_client (a new session) per request, as many visitors would be")
+    parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra environment for the server process (e.g. allocator settings)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -78,6 +87,7 @@ def main() -> int:
     gradio_tmp.mkdir()
     port = _free_port()
     env = dict(os.environ, GRADIO_TEMP_DIR=str(gradio_tmp), HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
+    env.update(item.split("=", 1) for item in args.server_env)
     server = subprocess.Popen([sys.executable, "-m", "vitdemo", "serve", "--model", model, "--port", str(port),
                                "--home", str(tmp / "home"), "--max-new-tokens", str(args.max_new_tokens)],
                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "server.log", "wb"))
@@ -85,6 +95,7 @@ def main() -> int:
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + args.max_seconds
     samples: list[dict] = []
+    curve: list[dict] = []
     failures: list[str] = []
     try:
         while True:  # wait for the server
@@ -96,6 +107,7 @@ def main() -> int:
                     raise SystemExit(f"server did not start; see {tmp / 'server.log'}")
                 time.sleep(1)
         marks = {args.warmup, args.warmup + (args.requests - args.warmup) // 2, args.requests}
+        curve_marks = set(range(args.warmup, args.requests + 1, max(1, args.sample_every)))
         start = time.perf_counter()
         done = 0
         for n in range(1, args.requests + 1):
@@ -103,6 +115,8 @@ def main() -> int:
                 print(f"stopped by --max-seconds after {done} requests", flush=True)
                 break
             image, question = items[n % len(items)]
+            if args.fresh_client:
+                client = Client(url, verbose=False, httpx_kwargs={"timeout": 120})
             try:
                 out = client.predict(handle_file(image), None, question, args.max_new_tokens, api_name="/on_ask")
                 if not out[2]:
@@ -110,16 +124,19 @@ def main() -> int:
             except Exception as err:  # noqa: BLE001 - counted
                 failures.append(f"request {n}: {type(err).__name__}: {str(err)[:200]}")
             done = n
-            if n in marks:
+            if n in marks or n in curve_marks:
                 sample = {"request": n, "rss_mb": round(proc.memory_info().rss / 2**20, 1),
                           "temp_dir_kb": round(_dir_size(gradio_tmp) / 1024, 1),
                           "elapsed_s": round(time.perf_counter() - start, 1)}
-                samples.append(sample)
+                curve.append(sample)
+                if n in marks:
+                    samples.append(sample)
                 print(json.dumps(sample), flush=True)
         if done not in {s["request"] for s in samples} and done:
             samples.append({"request": done, "rss_mb": round(proc.memory_info().rss / 2**20, 1),
                             "temp_dir_kb": round(_dir_size(gradio_tmp) / 1024, 1),
                             "elapsed_s": round(time.perf_counter() - start, 1)})
+            curve.append(samples[-1])
             print(json.dumps(samples[-1]), flush=True)
     finally:
         server.terminate()
@@ -128,7 +145,8 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             server.kill()
     summary = {"model": model, "requests": done, "failed": len(failures), "samples": samples,
-               "failures": failures[:5]}
+               "curve": [[c["request"], c["rss_mb"]] for c in curve], "failures": failures[:5],
+               "fresh_client": args.fresh_client, "server_env": args.server_env}
     if len(samples) >= 2:
         first, last = samples[0], samples[-1]
         summary["rss_growth_mb"] = round(last["rss_mb"] - first["rss_mb"], 1)
