@@ -38,3 +38,12 @@ def test_least_recently_used_sessions_go_past_the_limit(tiny_llava_dir: Path, tm
         assert clients[0].predict(handle_file(str(red)), "And now?", None, api_name="/chat").strip()
     finally:
         demo.close()
+
+
+def test_queue_keeps_a_bounded_record_of_events(tiny_llava_dir: Path, tmp_path: Path) -> None:
+    """Gradio's queue records every event for its monitoring page; the app bounds that record."""
+    from vitdemo.ui import app
+
+    demo = build_ui(Settings(model=str(tiny_llava_dir), home=tmp_path), Engine(load_model(tiny_llava_dir)))
+    assert demo._queue.ANALYTICS_MAX_EVENTS == app.ANALYTICS_MAX_EVENTS  # not the library's 10000
+    assert demo._queue.ANAYLTICS_CACHE_FREQUENCY >= 100  # (sic) the summary is not rebuilt per event

@@ -14,6 +14,12 @@ import os
 from typing import Any
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# Gradio's queue keeps a record of every event (10000 by default) and, after each event,
+# rebuilds a pandas summary of them all for its monitoring page: CPU and memory that grow
+# with every request a long-running server answers. Keep few records; summarise rarely.
+ANALYTICS_MAX_EVENTS = 200
+os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", str(ANALYTICS_MAX_EVENTS))
+os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "100")
 
 import gradio as gr  # noqa: E402
 
