@@ -11,11 +11,11 @@ piece. Figures are medians. Target: overhead <= 10%.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -47,24 +47,22 @@ def main() -> None:
     conv = [chat.user_message("How many shapes are there?", 1)]
     gen = chat.GenerationSettings(max_new_tokens=n)
 
-    def bare(max_new: int) -> float:
-        # Runs generate in a plain worker thread, as the app does: on this machine (2 cores
-        # shared with another job) torch's CPU kernels were ~17x slower in the main thread
-        # than in a worker thread, which would flatter the app instead of measuring it.
-        result: list[float] = []
+    # The bare generate runs on a long-lived worker thread of its own, as the app's does
+    # (vitdemo.gen_thread): on this machine torch's CPU kernels were far slower in the main
+    # thread (shared with another job), and a fresh thread per call starts on cold memory
+    # (about 3 ms of the first token), which would flatter one side or the other.
+    worker = concurrent.futures.ThreadPoolExecutor(max_workers=1)
 
-        def work() -> None:
+    def bare(max_new: int) -> float:
+        def work() -> float:
             t = time.perf_counter()
             inputs = chat.build_inputs(engine.processor, conv, [image])  # same preprocessing, timed
             with torch.inference_mode():
                 out = model.generate(**inputs, max_new_tokens=max_new, min_new_tokens=max_new, do_sample=False)
             assert out.shape[-1] - inputs["input_ids"].shape[-1] == max_new
-            result.append(time.perf_counter() - t)
+            return time.perf_counter() - t
 
-        thread = threading.Thread(target=work)
-        thread.start()
-        thread.join()
-        return result[0]
+        return worker.submit(work).result()
 
     def app() -> tuple[float, float]:
         stats = chat.AnswerStats()

@@ -13,6 +13,7 @@ never an empty map.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
 import queue
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from vitdemo import gen_thread
 from vitdemo.attention import AttentionResult, VisionAttention, rollout_step
 from vitdemo.errors import GenerationError, UnsupportedModelError
 from vitdemo.layouts import ImageTokenLayout, build_layout
@@ -332,8 +334,7 @@ def stream_capture(model: Any, processor: Any, inputs: Any, images: Sequence[Any
     result = AttentionResult(layout, answer_ids, answer_tokens, prompt_tokens, text_pos,
                              state.answer[:0], state.prompt)
     with eager_attention(model):
-        worker = threading.Thread(target=run, name="vitdemo-capture", daemon=True)
-        worker.start()
+        done = gen_thread.submit(run)
         try:
             step_index = 0
             while True:
@@ -361,7 +362,7 @@ def stream_capture(model: Any, processor: Any, inputs: Any, images: Sequence[Any
                 step_index += 1
         finally:
             stop.set()
-            worker.join()
+            concurrent.futures.wait([done])
             for h in handles:
                 h.remove()
     if failure:

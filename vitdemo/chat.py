@@ -4,12 +4,14 @@ A conversation is a list of `{"role": "user"|"assistant", "content": [...]}` dic
 content items are `{"type": "image"}` or `{"type": "text", "text": str}`, plus a list of
 PIL images in the order of their `{"type": "image"}` items.
 
-Generation runs `model.generate` in a thread with a TextIteratorStreamer, holding the
-engine lock; the caller iterates text pieces. A threading.Event stops it between tokens.
+Generation runs `model.generate` on the one generation thread (vitdemo.gen_thread) with
+a TextIteratorStreamer, holding the engine lock; the caller iterates text pieces. A
+threading.Event stops it between tokens.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import logging
 import os
@@ -18,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
+from vitdemo import gen_thread
 from vitdemo.engine import KEEP, Engine
 from vitdemo.errors import GenerationError, ImageError, InputError, VitdemoError
 
@@ -208,13 +211,24 @@ def _context_limit(model: Any) -> int | None:
 # --- generation -----------------------------------------------------------------------
 
 def _stopping_criteria(*events: threading.Event):
-    from transformers import StoppingCriteria, StoppingCriteriaList
+    from transformers import StoppingCriteriaList
 
-    class _EventStop(StoppingCriteria):
+    return StoppingCriteriaList([_event_stop_class()(events)])
+
+
+@functools.lru_cache(maxsize=1)
+def _event_stop_class() -> type:
+    """A stopping criterion that ends generation once any of its events is set (built once)."""
+    from transformers import StoppingCriteria
+
+    class EventStop(StoppingCriteria):
+        def __init__(self, events: Sequence[threading.Event]) -> None:
+            self.events = events
+
         def __call__(self, input_ids, scores, **kwargs):  # noqa: ANN001 - transformers' signature
-            return any(e.is_set() for e in events)
+            return any(e.is_set() for e in self.events)
 
-    return StoppingCriteriaList([_EventStop()])
+    return EventStop
 
 
 def _eager_streamer(tokenizer: Any) -> Any:
@@ -224,12 +238,32 @@ def _eager_streamer(tokenizer: Any) -> Any:
     return _eager_streamer_class()(tokenizer, skip_prompt=True, skip_special_tokens=True)
 
 
+FIRST_PIECE_WAIT_S = 0.01  # the longest the generation thread waits for the first word to be read
+
+
 @functools.lru_cache(maxsize=1)
 def _eager_streamer_class() -> type:
     """Built on first use (transformers is imported lazily), then reused by every request."""
     from transformers import TextIteratorStreamer
 
     class EagerStreamer(TextIteratorStreamer):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.first_taken = threading.Event()
+
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            super().on_finalized_text(text, stream_end)
+            if text and not self.first_taken.is_set():
+                # Let the reader take the first word before the next forward pass holds the
+                # interpreter: otherwise it could wait a whole thread-switch interval (5 ms).
+                self.first_taken.wait(FIRST_PIECE_WAIT_S)
+
+        def __next__(self) -> str:
+            try:
+                return super().__next__()
+            finally:
+                self.first_taken.set()
+
         def put(self, value: Any) -> None:
             if value.dim() > 1:
                 if value.shape[0] > 1:
@@ -318,9 +352,8 @@ def stream_answer(
                 torch.cuda.empty_cache()
             engine.lock.release()
 
-    thread = threading.Thread(target=work, name="vitdemo-generate", daemon=True)
     try:
-        thread.start()
+        done = gen_thread.submit(work)
     except BaseException:
         engine.lock.release()
         raise
@@ -335,7 +368,7 @@ def stream_answer(
     finally:
         # Reached on normal end, on an exception, and when the caller closes the iterator.
         halt.set()
-        thread.join()
+        concurrent.futures.wait([done])
         stats.total_s = time.perf_counter() - started
         stats.new_tokens = new_tokens[0] if new_tokens else 0
         stats.stopped = stop_event.is_set()

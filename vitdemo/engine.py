@@ -39,7 +39,7 @@ class Engine:
         self._active: str | None = None  # resolved path of the active adapter, None = base
         self.default_adapter: str | None = None  # what KEEP means: use_adapter sets it
         self._peft: Any = None  # the PeftModel wrapper once an adapter was loaded
-        self._start_load: threading.Thread | None = None  # a deferred background load
+        self._pending_load: threading.Thread | None = None  # a deferred background load
         self._start_lock = threading.Lock()
 
     @classmethod
@@ -74,7 +74,7 @@ class Engine:
                 else:  # the model loaded but its adapter did not: fall back to the base model
                     logger.error("adapter %s not loaded: %s", settings.adapter, err)
 
-        engine._start_load = threading.Thread(target=load, name="vitdemo-model-load", daemon=True)
+        engine._pending_load = threading.Thread(target=load, name="vitdemo-model-load", daemon=True)
         if start:
             engine.start_loading()
         return engine
@@ -82,7 +82,7 @@ class Engine:
     def start_loading(self) -> None:
         """Start a deferred background load (no-op if it started or the model is there)."""
         with self._start_lock:
-            thread, self._start_load = self._start_load, None
+            thread, self._pending_load = self._pending_load, None
         if thread is not None:
             thread.start()
 
