@@ -80,7 +80,7 @@ def test_client_disconnect_stops_generation_and_frees_the_model(url: str, engine
     payload = rs.upload(url, red)
     data = [payload, "Talk for a long time.", None] if api == "chat" else [
         payload, None, "Talk for a long time.", LONG, MIDDLE_LAYERS, ALL_HEADS, "image 1", DEFAULT_COLORMAP, 0.5, False,
-        None]  # the last: this session's adapter choice (a gr.State; None = the server default)
+        None, None]  # the last two: this session's adapter choice and attention session (gr.State values)
     with rs.ForwardSpy(engine.model, delay_s=0.05) as spy:
         streamed = 0
         with rs.sse(url, rs.fn_index(url, api), data) as messages:

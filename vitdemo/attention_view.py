@@ -38,6 +38,10 @@ class AttentionSession:
     kind: TokenKind = "answer"  # which token list the selection is in
     index: int = -1  # selected token (-1: the latest)
     notice: str | None = None  # why there are no maps
+    # The dropdown choices this user's page shows, so they are only sent again when they change
+    # (every choices update makes Gradio keep another copy of the component for the session).
+    choices_key: tuple | None = None
+    vision_key: tuple | None = None
 
 
 def layer_choices(n_layers: int, middle: bool = True) -> list[str]:

@@ -109,7 +109,8 @@ def create_attention_tab(engine: Any, settings: Any = None, adapter_state: gr.St
 
     adapter_state = adapter_state if adapter_state is not None else adapter_choice.new_state()
 
-    def on_ask(img, img2, q, max_new_v, layer_v, head_v, which_v, cmap_v, opacity_v, smooth_v, adapter):
+    def on_ask(img, img2, q, max_new_v, layer_v, head_v, which_v, cmap_v, opacity_v, smooth_v, adapter,
+               prev: av.AttentionSession | None):
         from vitdemo.chat import GenerationSettings
 
         images = [i for i in (img, img2) if i is not None]
@@ -121,34 +122,50 @@ def create_attention_tab(engine: Any, settings: Any = None, adapter_state: gr.St
             opened = [open_image(i, max_pixels=max_pixels) for i in images]
         except VitdemoError as err:
             raise gr.Error(str(err), print_exception=False) from None
-        s = av.AttentionSession(images=opened)
+        s = av.AttentionSession(images=opened, choices_key=getattr(prev, "choices_key", None),
+                                vision_key=getattr(prev, "vision_key", None))
         content = [{"type": "image"} for _ in images] + [{"type": "text", "text": q}]
         gen = GenerationSettings(max_new_tokens=int(max_new_v))
+        # Each update is sent when the next word arrives, the last one with "Done": so the
+        # last picture is sent once (sending the same image twice makes Gradio rewrite its
+        # cached file while the browser may be reading it). The dropdowns get plain values:
+        # a gr.update() per answer made Gradio keep one more component copy per session.
+        pending = None
         try:
             for event in stream_with_maps(engine, [{"role": "user", "content": content}], s.images, gen,
                                           adapter=adapter_choice.adapter_arg(adapter)):
                 s.result, s.notice, s.kind, s.index = event.result, event.notice, "answer", -1
+                if pending is not None:
+                    yield (*pending, layer_v, head_v, which_v)
                 if event.result is None:
-                    yield (s, f"**No attention maps:** {event.notice}", [(event.text, None)], None, None, "",
-                           gr.update(), gr.update(), gr.update())
-                    continue
-                pic, text = _main(s, layer_v, head_v, which_v, cmap_v, opacity_v, smooth_v)
-                ans, prm = _spans(s)
-                yield (s, "Answering…", ans, prm, pic, text, gr.update(), gr.update(), gr.update())
+                    pending = (s, f"**No attention maps:** {event.notice}", [(event.text, None)], None, None, "")
+                else:
+                    pic, text = _main(s, layer_v, head_v, which_v, cmap_v, opacity_v, smooth_v)
+                    pending = (s, "Answering…", *_spans(s), pic, text)
         except VitdemoError as err:
             raise gr.Error(str(err)) from None
         r = s.result
-        if r is None:
+        if pending is None:
             return
-        names = [f"image {i + 1}" for i in range(len(s.images))]
+        if r is None:
+            yield (*pending, layer_v, head_v, which_v)
+            return
         done = "Done. Click a word to see its map." + (f" ({r.vision_error})" if r.vision_error else "")
-        ans, prm = _spans(s)
-        # The picture and caption are those of the last streamed word: sending the same image
-        # again makes Gradio rewrite its cached file while the browser may still be reading it.
-        yield (s, done, ans, prm, gr.update(), gr.update(),
-               gr.update(choices=av.layer_choices(r.n_layers), value=layer_v if layer_v in av.layer_choices(r.n_layers) else av.MIDDLE_LAYERS),
-               gr.update(choices=av.head_choices(r.n_heads), value=head_v if head_v in av.head_choices(r.n_heads) else av.ALL_HEADS),
-               gr.update(choices=names, value=which_v if which_v in names else names[0]))
+        yield (s, done, *pending[2:], *_dropdowns(s, r, layer_v, head_v, which_v))
+
+    def _dropdowns(s: av.AttentionSession, r, layer_v, head_v, which_v) -> tuple:
+        """Layer, head and image selectors: new choices only when they differ from the page's."""
+        layers, heads = av.layer_choices(r.n_layers), av.head_choices(r.n_heads)
+        names = [f"image {i + 1}" for i in range(len(s.images))]
+        layer_v = layer_v if layer_v in layers else av.MIDDLE_LAYERS
+        head_v = head_v if head_v in heads else av.ALL_HEADS
+        which_v = which_v if which_v in names else names[0]
+        key = (tuple(layers), tuple(heads), tuple(names))
+        if key == s.choices_key:
+            return layer_v, head_v, which_v
+        s.choices_key = key
+        return (gr.update(choices=layers, value=layer_v), gr.update(choices=heads, value=head_v),
+                gr.update(choices=names, value=which_v))
 
     def on_select(kind: str):
         def handler(s: av.AttentionSession, layer_v, head_v, which_v, cmap_v, opacity_v, smooth_v,
@@ -169,6 +186,10 @@ def create_attention_tab(engine: Any, settings: Any = None, adapter_state: gr.St
 
     def on_vision_choices(s: av.AttentionSession):
         layers, heads = av.vision_choices(s)
+        key = (tuple(layers), tuple(heads))
+        if key == s.vision_key:  # unchanged: plain values (see _dropdowns)
+            return av.ALL_LAYERS, av.ALL_HEADS
+        s.vision_key = key
         return gr.update(choices=layers, value=av.ALL_LAYERS), gr.update(choices=heads, value=av.ALL_HEADS)
 
     def on_prepare(s, cmap_v, opacity_v, smooth_v):
@@ -180,10 +201,10 @@ def create_attention_tab(engine: Any, settings: Any = None, adapter_state: gr.St
     controls = [layer, head, which, cmap, opacity, smooth]
     extras_in = [session, layer, which, cmap, opacity, smooth, v_mode, v_layer, v_head, v_query]
     extras_out = [heads_img, share_img, vision_img]
-    run = ask.click(on_ask, [image, image2, question, max_new, *controls, adapter_state],
+    run = ask.click(on_ask, [image, image2, question, max_new, *controls, adapter_state, session],
                     [session, status, answer, prompt, overlay, caption, layer, head, which])
     run.then(on_vision_choices, [session], [v_layer, v_head]).then(_extras, extras_in, extras_out)
-    submitted = question.submit(on_ask, [image, image2, question, max_new, *controls, adapter_state],
+    submitted = question.submit(on_ask, [image, image2, question, max_new, *controls, adapter_state, session],
                                 [session, status, answer, prompt, overlay, caption, layer, head, which])
     submitted.then(on_vision_choices, [session], [v_layer, v_head]).then(_extras, extras_in, extras_out)
     stop.click(None, cancels=[run, submitted])
