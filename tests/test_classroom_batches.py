@@ -85,3 +85,29 @@ def test_region_term_raises_the_loss_when_labels_are_wrong(processor):
         both = contrastive_loss(clip, batch, names, region_weight=1.0)
     # An untrained model scores every name alike: the region term adds about log(18).
     assert torch.isfinite(both) and 0.5 * np.log(18) < (both - image_only).item() < 2 * np.log(18)
+
+
+def test_confusable_objects_share_a_colour_or_a_shape():
+    layout = [("red", "circle", 0), ("red", "square", 4), ("blue", "triangle", 8)]
+    scene = scenes.generate_scene(np.random.default_rng(0), layout=layout)
+    assert scenes.confusable_objects(scene) == [0, 1]  # the two red ones; the blue triangle is alone
+    qa = scenes.question_for(scene, "where", np.random.default_rng(0), target=1)
+    assert (qa.question, qa.answer, qa.target) == ("Where is the red square?", "center", 1)
+
+
+def test_where_questions_lean_to_confusable_objects(processor, monkeypatch):
+    """where_confusable=1: every "where" asked in a scene with a confusable object is about one."""
+    maker = BatchMaker(processor, np.random.default_rng(5))
+    asked = []
+    original = scenes.question_for
+
+    def spy(scene, form, rng, canonical=True, target=None):
+        qa = original(scene, form, rng, canonical, target)
+        if form == "where":
+            asked.append((qa.target, scenes.confusable_objects(scene)))
+        return qa
+
+    monkeypatch.setattr(scenes, "question_for", spy)
+    maker.instruction_batch(24, max_turns=3, form_weights={"where": 1.0}, where_confusable=1.0)
+    with_confusable = [(t, hard) for t, hard in asked if hard]
+    assert with_confusable and all(t in hard for t, hard in with_confusable)

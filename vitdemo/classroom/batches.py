@@ -90,9 +90,12 @@ class BatchMaker:
             lab = [IGNORE if t == self.image_id else t for t in lab]
         return seq, lab
 
-    def instruction_batch(self, batch_size: int, max_turns: int,
-                          form_weights: dict[str, float]) -> dict[str, torch.Tensor]:
-        """Stage 4: image + 1..max_turns questions, loss on the answers only."""
+    def instruction_batch(self, batch_size: int, max_turns: int, form_weights: dict[str, float],
+                          where_confusable: float = 0.0) -> dict[str, torch.Tensor]:
+        """Stage 4: image + 1..max_turns questions, loss on the answers only.
+
+        With probability `where_confusable` a "where" question asks about an object that
+        shares its colour or shape with another one, when the scene has such an object."""
         forms = list(form_weights)
         probs = np.array([form_weights[f] for f in forms], dtype=float)
         probs /= probs.sum()
@@ -103,7 +106,13 @@ class BatchMaker:
             turns: list[tuple[str, str]] = []
             while len(turns) < n_turns:
                 form = str(self.rng.choice(forms, p=probs))
-                qa = scenes.question_for(scene, form, self.rng, canonical=False)
+                target = None
+                # (checked in this order so a 0 share draws no random number: the shipped
+                # checkpoint's data stream stays reproducible)
+                if form == "where" and where_confusable > 0 and self.rng.random() < where_confusable:
+                    hard = scenes.confusable_objects(scene)
+                    target = int(self.rng.choice(hard)) if hard else None
+                qa = scenes.question_for(scene, form, self.rng, canonical=False, target=target)
                 if qa is not None:
                     turns.append((qa.question, qa.answer))
             seq, lab = self.dialogue(turns, with_image=True)

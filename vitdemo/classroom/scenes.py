@@ -224,9 +224,19 @@ def _template(rng: np.random.Generator, form: str, canonical: bool) -> str:
     return options[int(rng.integers(1, len(options)))]
 
 
+def confusable_objects(scene: Scene) -> list[int]:
+    """Objects that share their colour or their shape with another object in the scene:
+    naming them needs both words (the classroom model's "where" errors are mostly here)."""
+    objs = scene.objects
+    return [i for i, o in enumerate(objs)
+            if any(p is not o and (p.color == o.color or p.shape == o.shape) for p in objs)]
+
+
 def question_for(scene: Scene, form: str, rng: np.random.Generator,
-                 canonical: bool = True) -> QA | None:
-    """One question of the given form about the scene, or None if the form does not apply."""
+                 canonical: bool = True, target: int | None = None) -> QA | None:
+    """One question of the given form about the scene, or None if the form does not apply.
+
+    `target` picks the object a "where" question asks about (default: a random one)."""
     objs = scene.objects
     text = _template(rng, form, canonical)
     if form == "color":
@@ -242,7 +252,7 @@ def question_for(scene: Scene, form: str, rng: np.random.Generator,
         i = int(rng.choice(unique))
         return QA(text.format(color=objs[i].color), objs[i].shape, form, i)
     if form == "where":
-        i = int(rng.integers(len(objs)))
+        i = int(rng.integers(len(objs))) if target is None else target
         return QA(text.format(color=objs[i].color, shape=objs[i].shape), objs[i].position, form, i)
     if form == "count":
         return QA(text, NUMBER_WORDS[len(objs)], form)
