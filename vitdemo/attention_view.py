@@ -132,12 +132,29 @@ def vision_picture(session: AttentionSession, mode: Literal["attention", "rollou
     return render_vision(result, session.images, image, mode, parse_choice(layer), parse_choice(head), query, view)
 
 
-def vision_choices(session: AttentionSession) -> tuple[list[str], list[str]]:
+Selector = tuple[list[str], str]  # a dropdown's choices and its selected value
+
+
+def answer_selectors(session: AttentionSession, layer: str, head: str, image: str) -> list[Selector]:
+    """Layer, head and image selectors for the session's answer; a selection that is no
+    longer among the choices falls back to the default."""
+    result = session.result
+    if result is None:
+        raise InputError("ask a question first")
+    layers, heads = layer_choices(result.n_layers), head_choices(result.n_heads)
+    names = [f"image {i + 1}" for i in range(len(session.images))]
+    return [(layers, layer if layer in layers else MIDDLE_LAYERS), (heads, head if head in heads else ALL_HEADS),
+            (names, image if image in names else names[0])]
+
+
+def vision_selectors(session: AttentionSession) -> list[Selector]:
+    """Encoder layer and head selectors (reset to all), for the session's vision attention."""
     result = session.result
     if result is None or result.vision is None:
-        return [ALL_LAYERS], [ALL_HEADS]
+        return [([ALL_LAYERS], ALL_LAYERS), ([ALL_HEADS], ALL_HEADS)]
     _, n_layers, n_heads, _ = result.vision.mean_rows.shape  # (tiles, layers, heads, n_patches)
-    return layer_choices(n_layers, middle=False), head_choices(n_heads)  # the encoder has no "middle" default
+    # the encoder has no "middle" default
+    return [(layer_choices(n_layers, middle=False), ALL_LAYERS), (head_choices(n_heads), ALL_HEADS)]
 
 
 DOWNLOAD_TTL_S = 600.0  # Gradio copies returned files into its own cache at once; ours may go after this

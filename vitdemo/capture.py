@@ -194,17 +194,6 @@ class _QueueStreamer:
         self.queue.put(None)
 
 
-class _StopOnEvent:
-    """Stopping criterion that ends generation when `event` is set (a user pressed Stop)."""
-
-    def __init__(self, event: threading.Event) -> None:
-        self.event = event
-
-    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
-        import torch
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
-
-
 def _text_config(config: Any) -> Any:
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
@@ -316,11 +305,10 @@ def stream_capture(model: Any, processor: Any, inputs: Any, images: Sequence[Any
 
     def run() -> None:
         try:
-            from transformers import StoppingCriteriaList
+            from vitdemo.chat import stopping_criteria
 
             with torch.inference_mode():
-                model.generate(**inputs, **gen_kwargs, streamer=streamer,
-                               stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop)]))
+                model.generate(**inputs, **gen_kwargs, streamer=streamer, stopping_criteria=stopping_criteria(stop))
         except BaseException as err:  # handed to the consumer thread
             failure.append(err)
             streamer.end()

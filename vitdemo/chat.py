@@ -210,7 +210,8 @@ def _context_limit(model: Any) -> int | None:
 
 # --- generation -----------------------------------------------------------------------
 
-def _stopping_criteria(*events: threading.Event):
+def stopping_criteria(*events: threading.Event):
+    """For model.generate: stop after the current token once any of `events` is set."""
     from transformers import StoppingCriteriaList
 
     return StoppingCriteriaList([_event_stop_class()(events)])
@@ -341,7 +342,7 @@ def stream_answer(
                     **kwargs,
                     **gen.generate_kwargs(),
                     streamer=streamer,
-                    stopping_criteria=_stopping_criteria(stop_event, halt),
+                    stopping_criteria=stopping_criteria(stop_event, halt),
                 )
             new_tokens.append(int(out.shape[-1]) - n_input)
         except BaseException as err:  # noqa: BLE001 - reported to the caller below

@@ -147,25 +147,21 @@ def create_attention_tab(engine: Any, settings: Any = None, adapter_state: gr.St
         r = s.result
         if pending is None:
             return
-        if r is None:
+        if r is None:  # no maps (unsupported model): nothing to choose from
             yield (*pending, layer_v, head_v, which_v)
             return
         done = "Done. Click a word to see its map." + (f" ({r.vision_error})" if r.vision_error else "")
-        yield (s, done, *pending[2:], *_dropdowns(s, r, layer_v, head_v, which_v))
+        selectors = av.answer_selectors(s, layer_v, head_v, which_v)
+        yield (s, done, *pending[2:], *_selectors(s, "choices_key", selectors))
 
-    def _dropdowns(s: av.AttentionSession, r, layer_v, head_v, which_v) -> tuple:
-        """Layer, head and image selectors: new choices only when they differ from the page's."""
-        layers, heads = av.layer_choices(r.n_layers), av.head_choices(r.n_heads)
-        names = [f"image {i + 1}" for i in range(len(s.images))]
-        layer_v = layer_v if layer_v in layers else av.MIDDLE_LAYERS
-        head_v = head_v if head_v in heads else av.ALL_HEADS
-        which_v = which_v if which_v in names else names[0]
-        key = (tuple(layers), tuple(heads), tuple(names))
-        if key == s.choices_key:
-            return layer_v, head_v, which_v
-        s.choices_key = key
-        return (gr.update(choices=layers, value=layer_v), gr.update(choices=heads, value=head_v),
-                gr.update(choices=names, value=which_v))
+    def _selectors(s: av.AttentionSession, shown: str, selectors: list[av.Selector]) -> tuple:
+        """Dropdown outputs: new choices only when they differ from what this session's page
+        shows (attribute `shown` of the session), plain values otherwise."""
+        key = tuple(tuple(choices) for choices, _ in selectors)
+        if getattr(s, shown) == key:
+            return tuple(value for _, value in selectors)
+        setattr(s, shown, key)
+        return tuple(gr.update(choices=choices, value=value) for choices, value in selectors)
 
     def on_select(kind: str):
         def handler(s: av.AttentionSession, layer_v, head_v, which_v, cmap_v, opacity_v, smooth_v,
@@ -185,12 +181,7 @@ def create_attention_tab(engine: Any, settings: Any = None, adapter_state: gr.St
         return hit[0], hit[1], pic, text
 
     def on_vision_choices(s: av.AttentionSession):
-        layers, heads = av.vision_choices(s)
-        key = (tuple(layers), tuple(heads))
-        if key == s.vision_key:  # unchanged: plain values (see _dropdowns)
-            return av.ALL_LAYERS, av.ALL_HEADS
-        s.vision_key = key
-        return gr.update(choices=layers, value=av.ALL_LAYERS), gr.update(choices=heads, value=av.ALL_HEADS)
+        return _selectors(s, "vision_key", av.vision_selectors(s))
 
     def on_prepare(s, cmap_v, opacity_v, smooth_v):
         try:
