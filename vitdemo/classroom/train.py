@@ -16,10 +16,9 @@ import logging
 import math
 import shutil
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -27,7 +26,6 @@ import torch
 from vitdemo.classroom import evaluate, scenes
 from vitdemo.classroom.batches import BatchMaker
 from vitdemo.classroom.model import ClassroomArchitecture, build_clip, build_llava, build_processor
-from vitdemo.classroom.prefetch import Prefetcher
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +67,6 @@ class BuildSettings:
     eval_every: int = 1000  # stage-4 steps between held-out checks and checkpoints
     eval_scenes: int = 40  # held-out scenes per check during training
     threads: int = 2
-    # Build stage-4 batches in a child process while training (same batches, same order;
-    # see vitdemo/classroom/prefetch.py). Off in the shipped recipe.
-    prefetch: bool = False
 
 
 # Fixed examples shown in the Learn tab: what the model answered after each stage.
@@ -125,17 +120,6 @@ def _train(name: str, groups: list[dict], settings: StageSettings, step_fn: Call
             on_step(step + 1)
     return {"name": name, "settings": asdict(settings), "curve": curve,
             "seconds": round(time.time() - start, 1)}
-
-
-@contextmanager
-def _batch_source(maker: BatchMaker, method: str, kwargs: dict, count: int,
-                  prefetch: bool) -> Iterator[Callable[[], dict[str, torch.Tensor]]]:
-    """A function returning the next batch: built in place, or ahead in a child process."""
-    if not prefetch:
-        yield lambda: getattr(maker, method)(**kwargs)
-        return
-    with Prefetcher(maker, method, kwargs, count) as feed:
-        yield feed.next
 
 
 def _set_trainable(modules: Iterable[torch.nn.Module], trainable: bool) -> None:
@@ -264,11 +248,11 @@ def build_classroom(out_dir: Path, settings: BuildSettings = BuildSettings()) ->
         model.save_pretrained(work / "checkpoint")
         processor.save_pretrained(work / "checkpoint")
 
-    batch_args = {"batch_size": s4.batch_size, "max_turns": settings.max_turns,
-                  "form_weights": settings.form_weights, "where_confusable": settings.where_confusable}
-    with _batch_source(batches, "instruction_batch", batch_args, s4.steps, settings.prefetch) as next_batch:
-        result = _train("instruction", groups, s4, lambda: model(**next_batch()).loss,
-                        settings.log_every, on_step=checkpoint)
+    result = _train("instruction", groups, s4,
+                    lambda: model(**batches.instruction_batch(s4.batch_size, settings.max_turns,
+                                                              settings.form_weights,
+                                                              settings.where_confusable)).loss,
+                    settings.log_every, on_step=checkpoint)
     result["held_out_during_training"] = evals
     finish_stage(result)
 
