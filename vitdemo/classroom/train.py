@@ -66,6 +66,7 @@ class BuildSettings:
     log_every: int = 25  # steps between loss-curve points
     eval_every: int = 1000  # stage-4 steps between held-out checks and checkpoints
     eval_scenes: int = 40  # held-out scenes per check during training
+    zero_shot_scenes: int = 100  # held-out scenes of the zero-shot check after stage 1
     threads: int = 2
 
 
@@ -205,8 +206,9 @@ def build_classroom(out_dir: Path, settings: BuildSettings = BuildSettings()) ->
                     contrastive_step, settings.log_every)
     model.model.vision_tower.load_state_dict(clip.vision_model.state_dict())
     clip.eval()
-    result["zero_shot_top1"] = evaluate.evaluate_zero_shot(clip, processor, 100)
-    result["zero_shot_top1_near_miss"] = evaluate.evaluate_zero_shot(clip, processor, 100, hard=True)
+    result["zero_shot_top1"] = evaluate.evaluate_zero_shot(clip, processor, settings.zero_shot_scenes)
+    result["zero_shot_top1_near_miss"] = evaluate.evaluate_zero_shot(clip, processor, settings.zero_shot_scenes,
+                                                                     hard=True)
     log.info("contrastive: zero-shot top-1 among 5 captions %.3f (near-miss captions %.3f)",
              result["zero_shot_top1"], result["zero_shot_top1_near_miss"])
     finish_stage(result)
