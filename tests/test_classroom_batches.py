@@ -111,3 +111,21 @@ def test_where_questions_lean_to_confusable_objects(processor, monkeypatch):
     maker.instruction_batch(24, max_turns=3, form_weights={"where": 1.0}, where_confusable=1.0)
     with_confusable = [(t, hard) for t, hard in asked if hard]
     assert with_confusable and all(t in hard for t, hard in with_confusable)
+
+
+def test_object_weights_shape_how_crowded_stage_4_scenes_are(processor, monkeypatch):
+    drawn = []
+    original = scenes.generate_scene
+
+    def spy(*args, **kwargs):
+        scene = original(*args, **kwargs)
+        drawn.append(len(scene.objects))
+        return scene
+
+    monkeypatch.setattr(scenes, "generate_scene", spy)
+    maker = BatchMaker(processor, np.random.default_rng(3))
+    maker.instruction_batch(40, max_turns=1, form_weights={"count": 1.0}, object_weights=(0, 0, 1, 3))
+    assert set(drawn) == {3, 4} and drawn.count(4) > drawn.count(3)
+    with pytest.raises(ValueError, match="4 weights"):
+        maker.instruction_batch(2, max_turns=1, form_weights={"count": 1.0}, object_weights=(1, 1))
+

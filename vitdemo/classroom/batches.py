@@ -49,10 +49,10 @@ class BatchMaker:
         return tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     # --- images -----------------------------------------------------------------------
-    def scene(self, layout=None) -> scenes.Scene:
+    def scene(self, layout=None, n_objects: int | None = None) -> scenes.Scene:
         size = int(self.rng.choice(self.augment.render_sizes))
         style = scenes.SceneStyle(supersample=2 if size <= 128 else 1)
-        return scenes.generate_scene(self.rng, size=size, style=style, layout=layout)
+        return scenes.generate_scene(self.rng, size=size, n_objects=n_objects, style=style, layout=layout)
 
     def pixels(self, images: list[Image.Image]) -> torch.Tensor:
         lo, hi = self.augment.jpeg_quality
@@ -91,17 +91,26 @@ class BatchMaker:
         return seq, lab
 
     def instruction_batch(self, batch_size: int, max_turns: int, form_weights: dict[str, float],
-                          where_confusable: float = 0.0) -> dict[str, torch.Tensor]:
+                          where_confusable: float = 0.0,
+                          object_weights: tuple[float, ...] | None = None) -> dict[str, torch.Tensor]:
         """Stage 4: image + 1..max_turns questions, loss on the answers only.
 
         With probability `where_confusable` a "where" question asks about an object that
-        shares its colour or shape with another one, when the scene has such an object."""
+        shares its colour or shape with another one, when the scene has such an object.
+        `object_weights` weighs scenes of 1, 2, 3, 4 objects (None: uniform, as drawn by
+        the scene generator; then no extra random number is drawn)."""
         forms = list(form_weights)
         probs = np.array([form_weights[f] for f in forms], dtype=float)
         probs /= probs.sum()
+        counts = None
+        if object_weights is not None:
+            if len(object_weights) != scenes.MAX_OBJECTS or min(object_weights) < 0 or sum(object_weights) <= 0:
+                raise ValueError(f"object_weights needs {scenes.MAX_OBJECTS} weights >= 0, got {object_weights}")
+            counts = np.asarray(object_weights, dtype=float) / sum(object_weights)
         images, seqs, labels = [], [], []
         for _ in range(batch_size):
-            scene = self.scene()
+            n_objects = None if counts is None else int(self.rng.choice(len(counts), p=counts)) + 1
+            scene = self.scene(n_objects=n_objects)
             n_turns = int(self.rng.integers(1, max_turns + 1))
             turns: list[tuple[str, str]] = []
             while len(turns) < n_turns:

@@ -63,6 +63,9 @@ class BuildSettings:
     # neighbour (the shipped build's "where" errors all name another object's cell: 21%
     # wrong on such objects, 6% on the others). 0 = the shipped recipe; see docs/classroom.md.
     where_confusable: float = 0.0
+    # Weights of stage-4 scenes with 1, 2, 3, 4 objects ("where" goes wrong in crowded
+    # scenes: a quarter of the answers on 4 objects); None = uniform, the shipped recipe.
+    instruction_objects: tuple[float, ...] | None = None
     log_every: int = 25  # steps between loss-curve points
     eval_every: int = 1000  # stage-4 steps between held-out checks and checkpoints
     eval_scenes: int = 40  # held-out scenes per check during training
@@ -253,7 +256,8 @@ def build_classroom(out_dir: Path, settings: BuildSettings = BuildSettings()) ->
     result = _train("instruction", groups, s4,
                     lambda: model(**batches.instruction_batch(s4.batch_size, settings.max_turns,
                                                               settings.form_weights,
-                                                              settings.where_confusable)).loss,
+                                                              settings.where_confusable,
+                                                              settings.instruction_objects)).loss,
                     settings.log_every, on_step=checkpoint)
     result["held_out_during_training"] = evals
     finish_stage(result)
