@@ -66,6 +66,11 @@ class BuildSettings:
     # Weights of stage-4 scenes with 1, 2, 3, 4 objects ("where" goes wrong in crowded
     # scenes: a quarter of the answers on 4 objects); None = uniform, the shipped recipe.
     instruction_objects: tuple[float, ...] | None = None
+    # Exponential moving average of the stage-4 weights, from ema_start (a fraction of the
+    # stage) on; the saved model is the average. None = the raw final weights.
+    ema_decay: float | None = None
+    ema_start: float = 0.5
+    keep_checkpoints: bool = False  # keep each stage-4 checkpoint (checkpoint-<step>/) for study
     log_every: int = 25  # steps between loss-curve points
     eval_every: int = 1000  # stage-4 steps between held-out checks and checkpoints
     eval_scenes: int = 40  # held-out scenes per check during training
@@ -124,6 +129,36 @@ def _train(name: str, groups: list[dict], settings: StageSettings, step_fn: Call
             on_step(step + 1)
     return {"name": name, "settings": asdict(settings), "curve": curve,
             "seconds": round(time.time() - start, 1)}
+
+
+class WeightAverage:
+    """Exponential moving average of a model's floating-point weights.
+
+    Runs of the same recipe differ more than their settings do (docs/classroom.md); an
+    average of the last few thousand steps is less at the mercy of the last batches.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"ema_decay must lie in (0, 1), got {decay}")
+        self.decay = decay
+        self.model = model
+        self.live = [p for p in model.state_dict().values() if p.is_floating_point()]
+        self.average = [p.detach().clone() for p in self.live]
+
+    @torch.no_grad()
+    def restart(self) -> None:
+        """Start averaging afresh from the current weights."""
+        torch._foreach_copy_(self.average, self.live)
+
+    @torch.no_grad()
+    def update(self) -> None:
+        torch._foreach_lerp_(self.average, self.live, 1.0 - self.decay)
+
+    @torch.no_grad()
+    def copy_to_model(self) -> None:
+        for live, average in zip(self.live, self.average):
+            live.copy_(average)
 
 
 def _set_trainable(modules: Iterable[torch.nn.Module], trainable: bool) -> None:
@@ -241,17 +276,28 @@ def build_classroom(out_dir: Path, settings: BuildSettings = BuildSettings()) ->
     groups = [{"params": [p for n, p in model.named_parameters() if "vision_tower" not in n]},
               {"params": list(tower.parameters()), "lr": s4.lr * settings.vision_lr_scale}]
     evals: list[dict] = []
+    ema = WeightAverage(model, settings.ema_decay) if settings.ema_decay is not None else None
+    ema_first_step = int(settings.ema_start * s4.steps)
 
-    def checkpoint(step: int) -> None:
-        if step % settings.eval_every and step != s4.steps:
-            return
+    def held_out_check(step: int, label: str = "") -> dict:
         model.eval()
         scores = evaluate.evaluate_answers(model, processor, settings.eval_scenes, seed=evaluate.HELD_OUT_SEED + 7)
         model.train()
-        evals.append({"step": step, **scores})
-        log.info("instruction step %d: held-out exact match %.3f %s", step, scores["exact_match"], scores["per_form"])
-        model.save_pretrained(work / "checkpoint")
-        processor.save_pretrained(work / "checkpoint")
+        log.info("instruction step %d%s: held-out exact match %.3f %s", step, label, scores["exact_match"],
+                 scores["per_form"])
+        return {"step": step, **scores}
+
+    def checkpoint(step: int) -> None:
+        if ema is not None and step == ema_first_step:
+            ema.restart()
+        elif ema is not None and step > ema_first_step:
+            ema.update()
+        if step % settings.eval_every and step != s4.steps:
+            return
+        evals.append(held_out_check(step))
+        folder = work / (f"checkpoint-{step}" if settings.keep_checkpoints else "checkpoint")
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
 
     result = _train("instruction", groups, s4,
                     lambda: model(**batches.instruction_batch(s4.batch_size, settings.max_turns,
@@ -260,6 +306,9 @@ def build_classroom(out_dir: Path, settings: BuildSettings = BuildSettings()) ->
                                                               settings.instruction_objects)).loss,
                     settings.log_every, on_step=checkpoint)
     result["held_out_during_training"] = evals
+    if ema is not None:
+        ema.copy_to_model()
+        result["held_out_averaged"] = held_out_check(s4.steps, " (averaged weights)")
     finish_stage(result)
 
     model.eval()
