@@ -27,11 +27,11 @@ def test_a_short_build_writes_every_stage_and_a_loadable_model(tmp_path):
     assert len(list((out / "examples").glob("*.png"))) == 3  # the Learn tab's example scenes
 
 
-def test_a_build_with_averaged_weights_saves_the_average_and_keeps_checkpoints(tmp_path):
+def test_a_build_with_the_optional_terms_saves_averaged_weights_and_keeps_checkpoints(tmp_path):
     short = StageSettings(steps=4, batch_size=4, warmup=1)
     settings = BuildSettings(contrastive=short, language=short, alignment=short, instruction=short,
                              log_every=2, eval_every=2, eval_scenes=2, zero_shot_scenes=4,
-                             ema_decay=0.5, ema_start=0.25, keep_checkpoints=True)
+                             ema_decay=0.5, ema_start=0.25, keep_checkpoints=True, region_position_weight=1.0)
     out = tmp_path / "classroom"
     build_classroom(out, settings)
     instruction = json.loads((out / "training.json").read_text())["stages"][3]

@@ -182,6 +182,7 @@ class BatchMaker:
         batch["object_weights"] = torch.stack([self.patch_weights(o.mask) for _, o in objects])  # (O, P)
         batch["object_image"] = torch.tensor([i for i, _ in objects])
         batch["object_label"] = torch.tensor([names.index(f"a {o.name}") for _, o in objects])
+        batch["object_cell"] = torch.tensor([o.cell for _, o in objects])
         return batch
 
     def patch_weights(self, mask: np.ndarray) -> torch.Tensor:
@@ -191,12 +192,19 @@ class BatchMaker:
         weights = torch.from_numpy(np.asarray(small, dtype=np.float32)).flatten()
         return weights / weights.sum().clamp_min(1e-6)
 
-    def names_batch(self) -> dict[str, torch.Tensor]:
-        """The object names ("a red circle", ...) tokenized for the contrastive text encoder."""
-        seqs = [list(self.ids(name)) + [self.end_id] for name in object_names()]
+    def names_batch(self, names: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """Short texts (default: the object names, "a red circle", ...) tokenized for the
+        contrastive text encoder."""
+        seqs = [list(self.ids(name)) + [self.end_id] for name in (names or object_names())]
         batch = self._pad(seqs, seqs)
         del batch["labels"]
         return batch
+
+
+def position_names() -> list[str]:
+    """Every grid cell as a short caption ("at top left"), in cell order: the candidates
+    of the position part of the region term."""
+    return [f"at {position}" for position in scenes.POSITIONS]
 
 
 def object_names() -> list[str]:

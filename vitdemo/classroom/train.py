@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from vitdemo.classroom import evaluate, scenes
-from vitdemo.classroom.batches import BatchMaker
+from vitdemo.classroom.batches import BatchMaker, position_names
 from vitdemo.classroom.model import ClassroomArchitecture, build_clip, build_llava, build_processor
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,10 @@ class BuildSettings:
         steps=1500, batch_size=64, lr=2e-3, warmup=100))
     twin_fraction: float = 0.5  # share of a contrastive batch that are same-objects/other-places pairs
     region_weight: float = 1.0  # weight of the region term of the contrastive loss (see contrastive_loss)
+    # Weight of the region term's position part: each object's patch tokens against the
+    # nine cell names, so the tokens the decoder reads say where they are. 0 = the shipped recipe
+    # (1.0 was tried: far better stage 1, far worse stage 4; see docs/classroom.md).
+    region_position_weight: float = 0.0
     language: StageSettings = field(default_factory=lambda: StageSettings(
         steps=600, batch_size=32, lr=2e-3, warmup=50))
     alignment: StageSettings = field(default_factory=lambda: StageSettings(
@@ -67,7 +71,8 @@ class BuildSettings:
     # scenes: a quarter of the answers on 4 objects); None = uniform, the shipped recipe.
     instruction_objects: tuple[float, ...] | None = None
     # Exponential moving average of the stage-4 weights, from ema_start (a fraction of the
-    # stage) on; the saved model is the average. None = the raw final weights.
+    # stage) on; the saved model is the average. None = the raw final weights, the shipped
+    # recipe (a 0.999 average was tried: no better on validation scenes; docs/classroom.md).
     ema_decay: float | None = None
     ema_start: float = 0.5
     keep_checkpoints: bool = False  # keep each stage-4 checkpoint (checkpoint-<step>/) for study
@@ -168,13 +173,16 @@ def _set_trainable(modules: Iterable[torch.nn.Module], trainable: bool) -> None:
 
 
 def contrastive_loss(clip, batch: dict[str, torch.Tensor], names: dict[str, torch.Tensor],
-                     region_weight: float) -> torch.Tensor:
+                     region_weight: float, positions: dict[str, torch.Tensor] | None = None,
+                     position_weight: float = 0.0) -> torch.Tensor:
     """The CLIP objective on (image, caption), plus the same objective on regions.
 
     Region term: each object's patch tokens (weighted by its mask) against the names of all
     18 colour-shape pairs. The LLaVA decoder reads the patch tokens, not the CLS token the
     image-level term trains; without this term the patches learn colour but hardly shape
     (a linear probe of shape per cell: 46% without, 79% with, after 600 steps).
+    Its optional position part scores the same region tokens against the nine cell names
+    (`positions`, in cell order), weighted by position_weight.
     """
     out = clip(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                pixel_values=batch["pixel_values"], return_loss=True)
@@ -184,9 +192,18 @@ def contrastive_loss(clip, batch: dict[str, torch.Tensor], names: dict[str, torc
     patches = vision.post_layernorm(out.vision_model_output.last_hidden_state[:, 1:])  # (B, P, D)
     regions = torch.einsum("op,opd->od", batch["object_weights"], patches[batch["object_image"]])
     region_emb = torch.nn.functional.normalize(clip.visual_projection(regions), dim=-1)
-    name_emb = torch.nn.functional.normalize(clip.text_projection(clip.text_model(**names).pooler_output), dim=-1)
-    logits = clip.logit_scale.exp() * region_emb @ name_emb.T  # (O, 18)
-    return out.loss + region_weight * torch.nn.functional.cross_entropy(logits, batch["object_label"])
+
+    def region_term(texts: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        text_emb = torch.nn.functional.normalize(clip.text_projection(clip.text_model(**texts).pooler_output), dim=-1)
+        logits = clip.logit_scale.exp() * region_emb @ text_emb.T  # (O, candidates)
+        return torch.nn.functional.cross_entropy(logits, labels)
+
+    loss = out.loss + region_weight * region_term(names, batch["object_label"])
+    if position_weight:
+        if positions is None:
+            raise ValueError("position_weight needs the tokenized cell names (positions)")
+        loss = loss + position_weight * region_term(positions, batch["object_cell"])
+    return loss
 
 
 def _example_answers(model, processor) -> list[dict]:
@@ -235,10 +252,12 @@ def build_classroom(out_dir: Path, settings: BuildSettings = BuildSettings()) ->
     clip.train()
 
     names = batches.names_batch()
+    positions = batches.names_batch(position_names())
 
     def contrastive_step() -> torch.Tensor:
         batch = batches.contrastive_batch(settings.contrastive.batch_size, settings.twin_fraction)
-        return contrastive_loss(clip, batch, names, settings.region_weight)
+        return contrastive_loss(clip, batch, names, settings.region_weight, positions,
+                                settings.region_position_weight)
 
     result = _train("contrastive", [{"params": list(clip.parameters())}], settings.contrastive,
                     contrastive_step, settings.log_every)
