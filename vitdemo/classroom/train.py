@@ -147,7 +147,6 @@ class WeightAverage:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"ema_decay must lie in (0, 1), got {decay}")
         self.decay = decay
-        self.model = model
         self.live = [p for p in model.state_dict().values() if p.is_floating_point()]
         self.average = [p.detach().clone() for p in self.live]
 
@@ -186,7 +185,7 @@ def contrastive_loss(clip, batch: dict[str, torch.Tensor], names: dict[str, torc
     """
     out = clip(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                pixel_values=batch["pixel_values"], return_loss=True)
-    if region_weight == 0:
+    if region_weight == 0 and position_weight == 0:
         return out.loss
     vision = clip.vision_model
     patches = vision.post_layernorm(out.vision_model_output.last_hidden_state[:, 1:])  # (B, P, D)
@@ -198,7 +197,9 @@ def contrastive_loss(clip, batch: dict[str, torch.Tensor], names: dict[str, torc
         logits = clip.logit_scale.exp() * region_emb @ text_emb.T  # (O, candidates)
         return torch.nn.functional.cross_entropy(logits, labels)
 
-    loss = out.loss + region_weight * region_term(names, batch["object_label"])
+    loss = out.loss
+    if region_weight:
+        loss = loss + region_weight * region_term(names, batch["object_label"])
     if position_weight:
         if positions is None:
             raise ValueError("position_weight needs the tokenized cell names (positions)")
