@@ -1,12 +1,14 @@
 """What the classroom encoder's patch tokens say about each object: linear probes.
 
-    python bench/patch_probes.py [ENCODER ...]   (default: assets/classroom/contrastive)
+    python bench/patch_probes.py [ENCODER ...] [--layer N ...]
+    (default: assets/classroom/contrastive, layer -1)
 
 For every object of generated scenes, its patch tokens as the LLaVA projector reads them
-(the vision tower's last hidden state, CLS dropped) are pooled with the object's mask
-weights; a linear classifier is fitted on 600 scenes' objects and scored on 300 other
-scenes' objects, for its colour (6 classes), shape (3) and grid cell (9). Prints one JSON
-line per encoder (a `contrastive/` folder: a CLIPModel saved by the build).
+(a hidden state of the vision tower, CLS dropped: -1 the last layer, 0 the embeddings)
+are pooled with the object's mask weights; a linear classifier is fitted on 600 scenes'
+objects and scored on 300 other scenes' objects, for its colour (6 classes), shape (3) and
+grid cell (9). Prints one JSON line per encoder and layer (a `contrastive/` folder: a
+CLIPModel saved by the build).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from vitdemo.classroom.batches import BatchMaker  # noqa: E402
 CLASSES = {"color": len(scenes.COLORS), "shape": len(scenes.SHAPES), "cell": len(scenes.POSITIONS)}
 
 
-def pooled_objects(clip: CLIPModel, maker: BatchMaker, n_scenes: int, seed: int
+def pooled_objects(clip: CLIPModel, maker: BatchMaker, n_scenes: int, seed: int, layer: int = -1
                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(objects, width) mask-pooled patch tokens and each object's colour, shape and cell."""
     rng = np.random.default_rng(seed)
@@ -42,7 +44,7 @@ def pooled_objects(clip: CLIPModel, maker: BatchMaker, n_scenes: int, seed: int
         batch = [scenes.generate_scene(rng) for _ in range(50)]
         pixels = maker.processor.image_processor([s.image for s in batch], return_tensors="pt")["pixel_values"]
         with torch.no_grad():
-            patches = clip.vision_model(pixel_values=pixels).last_hidden_state[:, 1:]
+            patches = clip.vision_model(pixel_values=pixels, output_hidden_states=True).hidden_states[layer][:, 1:]
         for index, scene in enumerate(batch):
             for obj in scene.objects:
                 pooled.append(maker.patch_weights(obj.mask) @ patches[index])
@@ -70,6 +72,8 @@ def probe_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.T
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("encoders", type=Path, nargs="*", default=[ROOT / "assets" / "classroom" / "contrastive"])
+    parser.add_argument("--layer", type=int, action="append",
+                        help="hidden state to probe (repeatable; default -1, the last layer)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.manual_seed(0)
@@ -77,11 +81,12 @@ def main() -> None:
     maker = BatchMaker(processor, np.random.default_rng(0))
     for encoder in args.encoders:
         clip = CLIPModel.from_pretrained(encoder).eval()
-        train_x, train_y = pooled_objects(clip, maker, 600, seed=11)
-        test_x, test_y = pooled_objects(clip, maker, 300, seed=12)
-        scores = {name: round(probe_accuracy(train_x, train_y[name], test_x, test_y[name], k), 3)
-                  for name, k in CLASSES.items()}
-        print(json.dumps({"encoder": str(encoder), "objects": len(test_x), **scores}))
+        for layer in args.layer or [-1]:
+            train_x, train_y = pooled_objects(clip, maker, 600, seed=11, layer=layer)
+            test_x, test_y = pooled_objects(clip, maker, 300, seed=12, layer=layer)
+            scores = {name: round(probe_accuracy(train_x, train_y[name], test_x, test_y[name], k), 3)
+                      for name, k in CLASSES.items()}
+            print(json.dumps({"encoder": str(encoder), "layer": layer, "objects": len(test_x), **scores}))
 
 
 if __name__ == "__main__":

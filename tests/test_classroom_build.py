@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from vitdemo.classroom.model import ClassroomArchitecture
 from vitdemo.classroom.train import BuildSettings, StageSettings, WeightAverage, build_classroom
 
 
@@ -27,17 +28,21 @@ def test_a_short_build_writes_every_stage_and_a_loadable_model(tmp_path):
     assert len(list((out / "examples").glob("*.png"))) == 3  # the Learn tab's example scenes
 
 
-def test_a_build_with_the_optional_terms_saves_averaged_weights_and_keeps_checkpoints(tmp_path):
+def test_a_build_with_the_optional_settings_saves_averaged_weights_and_keeps_checkpoints(tmp_path):
     short = StageSettings(steps=4, batch_size=4, warmup=1)
     settings = BuildSettings(contrastive=short, language=short, alignment=short, instruction=short,
                              log_every=2, eval_every=2, eval_scenes=2, zero_shot_scenes=4,
-                             ema_decay=0.5, ema_start=0.25, keep_checkpoints=True, region_position_weight=1.0)
+                             ema_decay=0.5, ema_start=0.25, keep_checkpoints=True, region_position_weight=1.0,
+                             arch=ClassroomArchitecture(vision_feature_layers=(0, -1)))
     out = tmp_path / "classroom"
     build_classroom(out, settings)
+    loaded = AutoModelForImageTextToText.from_pretrained(out)
+    assert loaded.config.vision_feature_layer == [0, -1]  # the embeddings beside the last layer
+    assert loaded.model.multi_modal_projector.linear_1.in_features == 2 * settings.arch.vision_hidden
     instruction = json.loads((out / "training.json").read_text())["stages"][3]
     assert instruction["held_out_averaged"]["step"] == 4
     raw = AutoModelForImageTextToText.from_pretrained(out / "checkpoint-4").state_dict()
-    averaged = AutoModelForImageTextToText.from_pretrained(out).state_dict()
+    averaged = loaded.state_dict()
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     changed = [k for k, v in raw.items() if v.is_floating_point() and not torch.equal(v, averaged[k])]
     assert changed, "the saved model should be the average, not the last step's weights"
