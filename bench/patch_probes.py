@@ -33,25 +33,30 @@ from vitdemo.classroom.batches import BatchMaker  # noqa: E402
 CLASSES = {"color": len(scenes.COLORS), "shape": len(scenes.SHAPES), "cell": len(scenes.POSITIONS)}
 
 
-def pooled_objects(clip: CLIPModel, maker: BatchMaker, n_scenes: int, seed: int, layer: int = -1
-                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """(objects, width) mask-pooled patch tokens and each object's colour, shape and cell."""
+def pooled_objects(clip: CLIPModel, maker: BatchMaker, n_scenes: int, seed: int, layers: list[int]
+                   ) -> tuple[dict[int, torch.Tensor], dict[str, torch.Tensor]]:
+    """Per layer, (objects, width) mask-pooled patch tokens; each object's colour, shape and cell.
+
+    All layers come from one pass over the scenes, so the scenes are drawn once."""
     rng = np.random.default_rng(seed)
     colors = list(scenes.COLORS)
-    pooled: list[torch.Tensor] = []
+    pooled: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
     labels: dict[str, list[int]] = {name: [] for name in CLASSES}
     for _ in range(0, n_scenes, 50):
         batch = [scenes.generate_scene(rng) for _ in range(50)]
         pixels = maker.processor.image_processor([s.image for s in batch], return_tensors="pt")["pixel_values"]
         with torch.no_grad():
-            patches = clip.vision_model(pixel_values=pixels, output_hidden_states=True).hidden_states[layer][:, 1:]
+            hidden = clip.vision_model(pixel_values=pixels, output_hidden_states=True).hidden_states
         for index, scene in enumerate(batch):
             for obj in scene.objects:
-                pooled.append(maker.patch_weights(obj.mask) @ patches[index])
+                weights = maker.patch_weights(obj.mask)
+                for layer in layers:
+                    pooled[layer].append(weights @ hidden[layer][index, 1:])
                 labels["color"].append(colors.index(obj.color))
                 labels["shape"].append(scenes.SHAPES.index(obj.shape))
                 labels["cell"].append(obj.cell)
-    return torch.stack(pooled), {name: torch.tensor(values) for name, values in labels.items()}
+    return ({layer: torch.stack(tokens) for layer, tokens in pooled.items()},
+            {name: torch.tensor(values) for name, values in labels.items()})
 
 
 def probe_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
@@ -81,12 +86,13 @@ def main() -> None:
     maker = BatchMaker(processor, np.random.default_rng(0))
     for encoder in args.encoders:
         clip = CLIPModel.from_pretrained(encoder).eval()
-        for layer in args.layer or [-1]:
-            train_x, train_y = pooled_objects(clip, maker, 600, seed=11, layer=layer)
-            test_x, test_y = pooled_objects(clip, maker, 300, seed=12, layer=layer)
-            scores = {name: round(probe_accuracy(train_x, train_y[name], test_x, test_y[name], k), 3)
+        layers = args.layer or [-1]
+        train_x, train_y = pooled_objects(clip, maker, 600, seed=11, layers=layers)
+        test_x, test_y = pooled_objects(clip, maker, 300, seed=12, layers=layers)
+        for layer in layers:
+            scores = {name: round(probe_accuracy(train_x[layer], train_y[name], test_x[layer], test_y[name], k), 3)
                       for name, k in CLASSES.items()}
-            print(json.dumps({"encoder": str(encoder), "layer": layer, "objects": len(test_x), **scores}))
+            print(json.dumps({"encoder": str(encoder), "layer": layer, "objects": len(test_y["cell"]), **scores}))
 
 
 if __name__ == "__main__":

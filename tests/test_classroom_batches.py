@@ -130,7 +130,6 @@ def test_object_weights_shape_how_crowded_stage_4_scenes_are(processor, monkeypa
         maker.instruction_batch(2, max_turns=1, form_weights={"count": 1.0}, object_weights=(1, 1))
 
 
-
 def test_position_part_of_the_region_term_scores_the_cell_names(processor):
     from vitdemo.classroom.batches import position_names
     from vitdemo.classroom.model import build_clip
