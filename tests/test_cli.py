@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,3 +74,16 @@ def test_default_model_is_built_when_classroom_model_is_absent(png: Path, tmp_pa
     monkeypatch.undo()
     if (CLASSROOM_MODEL_DIR / "config.json").is_file():
         assert loading.resolve_model_source(None, tmp_path / "home") == str(CLASSROOM_MODEL_DIR)
+
+
+BAD_BUILD_FLAGS = [(["--device", "gpu"], "not a device name"), (["--data-workers", "-1"], "--data-workers")]
+if not torch.cuda.is_available():  # CI: asking for the GPU it lacks (elsewhere this would train)
+    BAD_BUILD_FLAGS.append((["--device", "cuda"], "no CUDA GPU"))
+
+
+@pytest.mark.parametrize("flags, message", BAD_BUILD_FLAGS)
+def test_build_classroom_rejects_a_bad_device_before_training(flags: list[str], message: str, tmp_path: Path) -> None:
+    r = _run("build-classroom", "--out", str(tmp_path / "model"), *flags, home=tmp_path)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert r.stderr.strip().startswith("error: ") and message in r.stderr, r.stderr
+    assert not (tmp_path / "model").exists() and not (tmp_path / "model.building").exists()

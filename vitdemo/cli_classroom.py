@@ -16,6 +16,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--out", type=Path, default=CLASSROOM_DIR, help="output folder (default: assets/classroom)")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--instruction-steps", type=int, default=None, help="override stage-4 steps (quick trials)")
+    build.add_argument("--no-polish", action="store_true",
+                       help="stop after stage 4, without the short polish phase (the recipe before 2026-11-29's sixth session)")
+    build.add_argument("--device", default="cpu",
+                       help="where to train, e.g. cuda (faster, but only the CPU build rebuilds the shipped weights exactly)")
+    build.add_argument("--data-workers", type=int, default=0,
+                       help="processes drawing training batches beside the model (worth it on a GPU: try 3)")
     build.set_defaults(func=run_build)
 
     ev = subparsers.add_parser("eval-classroom", help="score the classroom model on held-out scenes")
@@ -28,12 +34,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from vitdemo.classroom.train import BuildSettings, build_classroom
+    import torch
 
+    from vitdemo.classroom.train import BuildSettings, build_classroom
+    from vitdemo.errors import InputError
+
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise InputError(f"--device {args.device!r} is not a device name torch knows (try cpu or cuda)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {args.device}: no CUDA GPU is visible on this machine (use --device cpu)")
+    if args.data_workers < 0:
+        raise InputError(f"--data-workers must be 0 or more, got {args.data_workers}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    settings = BuildSettings(seed=args.seed)
+    settings = BuildSettings(seed=args.seed, device=args.device, data_workers=args.data_workers)
     if args.instruction_steps:
         settings.instruction.steps = args.instruction_steps
+    if args.no_polish:
+        settings.polish = None
     record = build_classroom(args.out, settings)
     print(json.dumps({"out": str(args.out), "stages": [
         {"name": s["name"], "seconds": s["seconds"], "final_loss": s["curve"][-1][1]} for s in record["stages"]]}))

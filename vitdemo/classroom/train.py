@@ -3,7 +3,8 @@
 1. contrastive pretraining of the vision encoder with a small text encoder (CLIP loss);
 2. language-model pretraining on scene text (next token);
 3. feature alignment: the projector alone learns to caption, encoder and decoder frozen;
-4. visual instruction tuning: loss on the answers only.
+4. visual instruction tuning: loss on the answers only; then its second phase, the
+   polish: a short, gentler pass weighted to the form the model gets wrong most ("where").
 
 Each stage's settings, loss curve and the model's answers to fixed examples afterwards are
 written to `training.json` beside the checkpoint, for the Learn tab.
@@ -18,12 +19,13 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 
 from vitdemo.classroom import evaluate, scenes
+from vitdemo.classroom.batch_workers import BatchWorkers
 from vitdemo.classroom.batches import BatchMaker, position_names
 from vitdemo.classroom.model import ClassroomArchitecture, build_clip, build_llava, build_processor
 
@@ -70,17 +72,37 @@ class BuildSettings:
     # Weights of stage-4 scenes with 1, 2, 3, 4 objects ("where" goes wrong in crowded
     # scenes: a quarter of the answers on 4 objects); None = uniform, the shipped recipe.
     instruction_objects: tuple[float, ...] | None = None
+    # A curriculum of crowding: stage-4 scenes hold 1-2 objects until the first step
+    # given, up to 3 until the second, then 1-4 (uniform over the counts allowed). Binding a
+    # question to one object is easy to find among two and hard among four. None = the
+    # shipped recipe (its own object counts throughout).
+    object_curriculum: tuple[int, int] | None = None
     # Exponential moving average of the stage-4 weights, from ema_start (a fraction of the
     # stage) on; the saved model is the average. None = the raw final weights, the shipped
     # recipe (a 0.999 average was tried: no better on validation scenes; docs/classroom.md).
     ema_decay: float | None = None
     ema_start: float = 0.5
+    # Stage 4's second phase, the polish: a short pass from the finished stage-4 weights with
+    # its own optimizer and data stream, weighted to "where" (the form the model got wrong
+    # most), to objects that share a colour or shape with another and to crowded scenes.
+    # None = no second phase (the checkpoint shipped before the sixth session).
+    polish: StageSettings | None = field(default_factory=lambda: StageSettings(
+        steps=1000, batch_size=32, lr=3e-4, warmup=50))
+    polish_form_weights: dict[str, float] | None = field(default_factory=lambda: {
+        "color": 1.0, "shape": 1.0, "where": 4.0, "count": 1.0, "exists": 1.0, "describe": 1.0})  # None: stage 4's
+    polish_where_confusable: float = 0.5
+    polish_objects: tuple[float, ...] | None = (1.0, 2.0, 3.0, 4.0)  # weights of 1..4-object scenes; None: uniform
     keep_checkpoints: bool = False  # keep each stage-4 checkpoint (checkpoint-<step>/) for study
     log_every: int = 25  # steps between loss-curve points
     eval_every: int = 1000  # stage-4 steps between held-out checks and checkpoints
     eval_scenes: int = 40  # held-out scenes per check during training
     zero_shot_scenes: int = 100  # held-out scenes of the zero-shot check after stage 1
     threads: int = 2
+    # Where the model trains ("cuda" on a GPU: much faster, but not bit-exact with the CPU
+    # build that made the shipped checkpoint) and how many processes draw batches beside it
+    # (0: the training process draws them, as the shipped build did; worth it on a GPU only).
+    device: str = "cpu"
+    data_workers: int = 0
 
 
 # Fixed examples shown in the Learn tab: what the model answered after each stage.
@@ -218,6 +240,106 @@ def _example_answers(model, processor) -> list[dict]:
     return rows
 
 
+def _held_out_check(model, processor, settings: BuildSettings, step: int, label: str = "") -> dict:
+    """Exact match on the few validation scenes checked during training."""
+    model.eval()
+    scores = evaluate.evaluate_answers(model, processor, settings.eval_scenes, seed=evaluate.HELD_OUT_SEED + 7)
+    model.train()
+    log.info("instruction step %d%s: held-out exact match %.3f %s", step, label, scores["exact_match"],
+             scores["per_form"])
+    return {"step": step, **scores}
+
+
+def _polish_and_check(model, processor, settings: BuildSettings) -> dict:
+    result = polish_stage(model, processor, settings)
+    step = settings.instruction.steps + settings.polish.steps
+    result["held_out_after"] = _held_out_check(model, processor, settings, step, " (after the polish)")
+    return result
+
+
+def polish_saved_model(source: Path, out_dir: Path, settings: BuildSettings) -> dict:
+    """The polish phase on a saved model that finished stage 4, written to out_dir with its
+    record: what a whole build with these settings writes (the polish depends on the
+    stage-4 weights alone), without rebuilding stages 1-4."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    if settings.polish is None:
+        raise ValueError("settings.polish is not set")
+    record = json.loads((source / "training.json").read_text())
+    if [stage["name"] for stage in record["stages"]][-1] != "instruction":
+        raise ValueError(f"{source} does not end with stage 4 (instruction): polish a model only once")
+    torch.set_num_threads(settings.threads)
+    model = LlavaForConditionalGeneration.from_pretrained(source).to(settings.device)
+    processor = AutoProcessor.from_pretrained(source)
+    result = _polish_and_check(model, processor, settings)
+    result["answers_after"] = _example_answers(model, processor)
+    record["stages"].append(result)
+    record["settings"] = asdict(settings)
+    work = out_dir.parent / (out_dir.name + ".building")
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(source, work)
+    model.eval()
+    model.save_pretrained(work)
+    _publish(work, out_dir, record)
+    return record
+
+
+def _publish(work: Path, out_dir: Path, record: dict) -> None:
+    """Write the record, then put the finished folder where the app looks for it."""
+    (work / "training.json").write_text(json.dumps(record, indent=1))
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    work.rename(out_dir)
+    log.info("classroom model written to %s", out_dir)
+
+
+def _instruction_groups(model, lr: float, vision_lr_scale: float) -> list[dict]:
+    """Everything trains; the vision tower at a fraction of the learning rate."""
+    tower = model.model.vision_tower
+    return [{"params": [p for n, p in model.named_parameters() if "vision_tower" not in n]},
+            {"params": list(tower.parameters()), "lr": lr * vision_lr_scale}]
+
+
+POLISH_STREAM = 5  # the polish draws scenes from rng([seed, 5]), apart from stages 1-4
+
+
+def polish_stage(model, processor, settings: BuildSettings) -> dict:
+    """Stage 4's second phase (settings.polish) on a model that finished stage 4.
+
+    Its own data stream makes it depend on the stage-4 weights alone, so it can be tried
+    on the shipped checkpoint without rebuilding stages 1-4.
+    """
+    if settings.polish is None:
+        raise ValueError("settings.polish is not set")
+    s = settings.polish
+    maker = BatchMaker(processor, np.random.default_rng([settings.seed, POLISH_STREAM]))
+    forms = settings.polish_form_weights or settings.form_weights
+    model.train()
+    for p in model.parameters():
+        p.requires_grad_(True)
+
+    def step() -> torch.Tensor:
+        batch = maker.instruction_batch(s.batch_size, settings.max_turns, forms, settings.polish_where_confusable,
+                                        settings.polish_objects)
+        return model(**{name: tensor.to(model.device) for name, tensor in batch.items()}).loss
+
+    return _train("polish", _instruction_groups(model, s.lr, settings.vision_lr_scale), s, step, settings.log_every)
+
+
+def curriculum_objects(settings: BuildSettings, step: int) -> tuple[float, ...] | None:
+    """Weights of stage-4 scenes with 1..4 objects at this step (None: the generator's own)."""
+    if settings.object_curriculum is None:
+        return settings.instruction_objects
+    two_until, three_until = settings.object_curriculum
+    if not 0 <= two_until <= three_until:
+        raise ValueError(f"object_curriculum needs 0 <= first <= second step, got {settings.object_curriculum}")
+    if step < two_until:
+        return (1.0, 1.0, 0.0, 0.0)
+    if step < three_until:
+        return (1.0, 1.0, 1.0, 0.0)
+    return settings.instruction_objects or (1.0, 1.0, 1.0, 1.0)
+
+
 def save_example_images(out_dir: Path) -> None:
     folder = out_dir / "examples"
     folder.mkdir(parents=True, exist_ok=True)
@@ -226,7 +348,7 @@ def save_example_images(out_dir: Path) -> None:
 
 
 def build_classroom(out_dir: Path, settings: BuildSettings = BuildSettings()) -> dict:
-    """Train all four stages and save model, processor, contrastive encoders and records.
+    """Train all four stages (and the polish) and save model, processor, contrastive encoders and records.
 
     Writes into `out_dir/.building` and renames at the end, so a crash never leaves a
     half-written model where the app looks for one.
@@ -239,10 +361,28 @@ def build_classroom(out_dir: Path, settings: BuildSettings = BuildSettings()) ->
         shutil.rmtree(work)
     work.mkdir(parents=True)
     processor = build_processor(settings.arch)
-    model = build_llava(processor, settings.arch, settings.seed)
-    clip = build_clip(processor, settings.arch, settings.seed)
+    device = torch.device(settings.device)
+    model = build_llava(processor, settings.arch, settings.seed).to(device)
+    clip = build_clip(processor, settings.arch, settings.seed).to(device)
     batches = BatchMaker(processor, rng)
+    workers = BatchWorkers(processor, settings.seed, settings.data_workers) if settings.data_workers else None
+    try:
+        return _build_stages(out_dir, work, settings, processor, model, clip, batches, workers)
+    finally:
+        if workers is not None:
+            workers.close()
+
+
+def _build_stages(out_dir: Path, work: Path, settings: BuildSettings, processor, model, clip,
+                  batches: BatchMaker, workers: BatchWorkers | None) -> dict:
+    device = model.device
     record: dict = {"settings": asdict(settings), "stages": []}
+
+    def stage_batches(method: str, args_at: Callable[[int], tuple], steps: int) -> Iterator[dict]:
+        """Each step's batch, drawn when the step asks for it (in order, from one stream)."""
+        calls = ((method, args_at(step)) for step in range(steps))
+        drawn = workers.stream(calls) if workers else (getattr(batches, m)(*args) for m, args in calls)
+        return ({name: tensor.to(device) for name, tensor in batch.items()} for batch in drawn)
 
     def finish_stage(result: dict) -> None:
         result["answers_after"] = _example_answers(model, processor)
@@ -252,12 +392,14 @@ def build_classroom(out_dir: Path, settings: BuildSettings = BuildSettings()) ->
     # Stage 1: CLIP objective on (scene, caption); the vision tower is CLIP's own.
     clip.train()
 
-    names = batches.names_batch()
-    positions = batches.names_batch(position_names())
+    names = {k: v.to(device) for k, v in batches.names_batch().items()}
+    positions = {k: v.to(device) for k, v in batches.names_batch(position_names()).items()}
+    contrastive_batches = stage_batches("contrastive_batch", lambda _: (settings.contrastive.batch_size,
+                                                                        settings.twin_fraction),
+                                        settings.contrastive.steps)
 
     def contrastive_step() -> torch.Tensor:
-        batch = batches.contrastive_batch(settings.contrastive.batch_size, settings.twin_fraction)
-        return contrastive_loss(clip, batch, names, settings.region_weight, positions,
+        return contrastive_loss(clip, next(contrastive_batches), names, settings.region_weight, positions,
                                 settings.region_position_weight)
 
     result = _train("contrastive", [{"params": list(clip.parameters())}], settings.contrastive,
@@ -279,33 +421,29 @@ def build_classroom(out_dir: Path, settings: BuildSettings = BuildSettings()) ->
     _set_trainable([tower, projector], False)
     _set_trainable([decoder, model.lm_head], True)
     lm_params = [p for p in model.parameters() if p.requires_grad]
+    text_batches = stage_batches("text_batch", lambda _: (settings.language.batch_size, settings.max_turns),
+                                 settings.language.steps)
     finish_stage(_train("language", [{"params": lm_params}], settings.language,
-                        lambda: model(**batches.text_batch(settings.language.batch_size, settings.max_turns)).loss,
-                        settings.log_every))
+                        lambda: model(**next(text_batches)).loss, settings.log_every))
 
     # Stage 3: only the projector moves: image features learn to speak the decoder's language.
     _set_trainable([decoder, model.lm_head], False)
     _set_trainable([projector], True)
+    caption_batches = stage_batches("caption_batch", lambda _: (settings.alignment.batch_size,),
+                                    settings.alignment.steps)
     finish_stage(_train("alignment", [{"params": list(projector.parameters())}], settings.alignment,
-                        lambda: model(**batches.caption_batch(settings.alignment.batch_size)).loss,
-                        settings.log_every))
+                        lambda: model(**next(caption_batches)).loss, settings.log_every))
 
     # Stage 4: visual instruction tuning of everything, the encoder more gently.
     _set_trainable([tower, projector, decoder, model.lm_head], True)
     s4 = settings.instruction
-    groups = [{"params": [p for n, p in model.named_parameters() if "vision_tower" not in n]},
-              {"params": list(tower.parameters()), "lr": s4.lr * settings.vision_lr_scale}]
+    groups = _instruction_groups(model, s4.lr, settings.vision_lr_scale)
     evals: list[dict] = []
     ema = WeightAverage(model, settings.ema_decay) if settings.ema_decay is not None else None
     ema_first_step = int(settings.ema_start * s4.steps)
 
     def held_out_check(step: int, label: str = "") -> dict:
-        model.eval()
-        scores = evaluate.evaluate_answers(model, processor, settings.eval_scenes, seed=evaluate.HELD_OUT_SEED + 7)
-        model.train()
-        log.info("instruction step %d%s: held-out exact match %.3f %s", step, label, scores["exact_match"],
-                 scores["per_form"])
-        return {"step": step, **scores}
+        return _held_out_check(model, processor, settings, step, label)
 
     def checkpoint(step: int) -> None:
         if ema is not None and step == ema_first_step:
@@ -319,26 +457,24 @@ def build_classroom(out_dir: Path, settings: BuildSettings = BuildSettings()) ->
         model.save_pretrained(folder)
         processor.save_pretrained(folder)
 
-    result = _train("instruction", groups, s4,
-                    lambda: model(**batches.instruction_batch(s4.batch_size, settings.max_turns,
-                                                              settings.form_weights,
-                                                              settings.where_confusable,
-                                                              settings.instruction_objects)).loss,
+    instruction_batches = stage_batches(
+        "instruction_batch", lambda step: (s4.batch_size, settings.max_turns, settings.form_weights,
+                                           settings.where_confusable, curriculum_objects(settings, step)),
+        s4.steps)
+    result = _train("instruction", groups, s4, lambda: model(**next(instruction_batches)).loss,
                     settings.log_every, on_step=checkpoint)
     result["held_out_during_training"] = evals
     if ema is not None:
         ema.copy_to_model()
         result["held_out_averaged"] = held_out_check(s4.steps, " (averaged weights)")
     finish_stage(result)
+    if settings.polish is not None:
+        finish_stage(_polish_and_check(model, processor, settings))
 
     model.eval()
     shutil.rmtree(work / "checkpoint", ignore_errors=True)
     model.save_pretrained(work)
     processor.save_pretrained(work)
     save_example_images(work)
-    (work / "training.json").write_text(json.dumps(record, indent=1))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    work.rename(out_dir)
-    log.info("classroom model written to %s", out_dir)
+    _publish(work, out_dir, record)
     return record

@@ -31,12 +31,12 @@ def match_captions(clip, processor, images: list[Image.Image], captions: list[st
         input_ids[row, : len(seq)] = torch.tensor(seq)
         mask[row, : len(seq)] = 1
     pixels = processor.image_processor(images, return_tensors="pt")["pixel_values"]  # (I, 3, H, W)
-    text = clip.get_text_features(input_ids=input_ids, attention_mask=mask)
-    vision = clip.get_image_features(pixel_values=pixels)
+    text = clip.get_text_features(input_ids=input_ids.to(clip.device), attention_mask=mask.to(clip.device))
+    vision = clip.get_image_features(pixel_values=pixels.to(clip.device))
     text = getattr(text, "pooler_output", text)
     vision = getattr(vision, "pooler_output", vision)
     cosine = torch.nn.functional.normalize(vision, dim=-1) @ torch.nn.functional.normalize(text, dim=-1).T  # (I, C)
     scale = float(clip.logit_scale.exp())
     probs = (cosine * scale).softmax(-1)
-    return CaptionMatch(captions=list(captions), cosine=cosine.numpy(), temperature=1.0 / scale,
-                        probs=probs.numpy(), picked=probs.argmax(-1).tolist())
+    return CaptionMatch(captions=list(captions), cosine=cosine.cpu().numpy(), temperature=1.0 / scale,
+                        probs=probs.cpu().numpy(), picked=probs.argmax(-1).tolist())

@@ -18,6 +18,8 @@ STAGE_NOTES = {
                  "decoder can read, by captioning images.",
     "instruction": "Visual instruction tuning: the whole model answers questions about images, "
                    "with the loss on the answers only.",
+    "polish": "A short, gentle second pass of instruction tuning, weighted to the hardest question "
+              "(\"Where is ...?\"), to objects that share a colour or shape with another, and to crowded scenes.",
 }
 
 
