@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--no-polish", action="store_true",
                        help="stop after stage 4, without the short polish phase (the recipe before 2026-11-29's sixth session)")
     build.add_argument("--device", default="cpu",
-                       help="where to train, e.g. cuda (faster, but only the CPU build rebuilds the shipped weights exactly)")
+                       help="cpu, cuda or auto (a GPU is faster, but only the CPU build rebuilds the shipped weights exactly)")
     build.add_argument("--data-workers", type=int, default=0,
                        help="processes drawing training batches beside the model (worth it on a GPU: try 3)")
     build.set_defaults(func=run_build)
@@ -34,21 +34,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    import torch
-
     from vitdemo.classroom.train import BuildSettings, build_classroom
     from vitdemo.errors import InputError
+    from vitdemo.models.loading import resolve_device
 
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        raise InputError(f"--device {args.device!r} is not a device name torch knows (try cpu or cuda)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {args.device}: no CUDA GPU is visible on this machine (use --device cpu)")
+    device = resolve_device(args.device)  # before any training: a bad name or a missing GPU is one line
     if args.data_workers < 0:
         raise InputError(f"--data-workers must be 0 or more, got {args.data_workers}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    settings = BuildSettings(seed=args.seed, device=args.device, data_workers=args.data_workers)
+    settings = BuildSettings(seed=args.seed, device=device, data_workers=args.data_workers)
     if args.instruction_steps:
         settings.instruction.steps = args.instruction_steps
     if args.no_polish:

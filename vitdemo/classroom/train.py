@@ -187,6 +187,10 @@ class WeightAverage:
             live.copy_(average)
 
 
+def _on(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {name: tensor.to(device) for name, tensor in batch.items()}
+
+
 def _set_trainable(modules: Iterable[torch.nn.Module], trainable: bool) -> None:
     for module in modules:
         for p in module.parameters():
@@ -263,8 +267,6 @@ def polish_saved_model(source: Path, out_dir: Path, settings: BuildSettings) -> 
     stage-4 weights alone), without rebuilding stages 1-4."""
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    if settings.polish is None:
-        raise ValueError("settings.polish is not set")
     record = json.loads((source / "training.json").read_text())
     if [stage["name"] for stage in record["stages"]][-1] != "instruction":
         raise ValueError(f"{source} does not end with stage 4 (instruction): polish a model only once")
@@ -315,13 +317,12 @@ def polish_stage(model, processor, settings: BuildSettings) -> dict:
     maker = BatchMaker(processor, np.random.default_rng([settings.seed, POLISH_STREAM]))
     forms = settings.polish_form_weights or settings.form_weights
     model.train()
-    for p in model.parameters():
-        p.requires_grad_(True)
+    _set_trainable([model], True)
 
     def step() -> torch.Tensor:
         batch = maker.instruction_batch(s.batch_size, settings.max_turns, forms, settings.polish_where_confusable,
                                         settings.polish_objects)
-        return model(**{name: tensor.to(model.device) for name, tensor in batch.items()}).loss
+        return model(**_on(batch, model.device)).loss
 
     return _train("polish", _instruction_groups(model, s.lr, settings.vision_lr_scale), s, step, settings.log_every)
 
@@ -382,7 +383,7 @@ def _build_stages(out_dir: Path, work: Path, settings: BuildSettings, processor,
         """Each step's batch, drawn when the step asks for it (in order, from one stream)."""
         calls = ((method, args_at(step)) for step in range(steps))
         drawn = workers.stream(calls) if workers else (getattr(batches, m)(*args) for m, args in calls)
-        return ({name: tensor.to(device) for name, tensor in batch.items()} for batch in drawn)
+        return (_on(batch, device) for batch in drawn)
 
     def finish_stage(result: dict) -> None:
         result["answers_after"] = _example_answers(model, processor)
@@ -392,8 +393,8 @@ def _build_stages(out_dir: Path, work: Path, settings: BuildSettings, processor,
     # Stage 1: CLIP objective on (scene, caption); the vision tower is CLIP's own.
     clip.train()
 
-    names = {k: v.to(device) for k, v in batches.names_batch().items()}
-    positions = {k: v.to(device) for k, v in batches.names_batch(position_names()).items()}
+    names = _on(batches.names_batch(), device)
+    positions = _on(batches.names_batch(position_names()), device)
     contrastive_batches = stage_batches("contrastive_batch", lambda _: (settings.contrastive.batch_size,
                                                                         settings.twin_fraction),
                                         settings.contrastive.steps)

@@ -55,7 +55,7 @@ def resolve_device(device: str) -> str:
     if device == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError("--device cuda was asked for but no CUDA GPU is visible to torch; use --device cpu")
     if device not in ("cuda", "cpu"):
-        raise ModelLoadError(f"device {device!r} is not one of auto, cuda, cpu")
+        raise ModelLoadError(f"device {device!r} is not a device name vitdemo knows: use auto, cuda or cpu")
     return device
 
 
