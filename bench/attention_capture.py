@@ -33,7 +33,7 @@ def _model_dir(arg: str | None) -> tuple[Path, str]:
     classroom = ROOT / "assets" / "classroom"
     if (classroom / "config.json").is_file():
         return classroom, "classroom"
-    from vitdemo.models.fallback import build_tiny_llava
+    from vitdemo.core.fallback import build_tiny_llava
 
     return Path(build_tiny_llava(Path(tempfile.mkdtemp(prefix="bench-llava-")), seed=0)), "tiny llava"
 
@@ -63,7 +63,7 @@ def main() -> int:
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from vitdemo.capture import CaptureSettings, capture, decoder_attention_modules, estimate_capture_bytes
+    from vitdemo.attention.capture import CaptureSettings, capture, decoder_attention_modules, estimate_capture_bytes
 
     torch.set_num_threads(args.threads)
     folder, kind = _model_dir(args.model)

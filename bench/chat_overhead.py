@@ -1,4 +1,4 @@
-"""Chat-path overhead: time to first token and tokens/s through chat.stream_answer vs a bare
+"""Chat-path overhead: time to first token and tokens/s through chat's stream_answer vs a bare
 model.generate on the same model, image and prompt.
 
     python bench/chat_overhead.py [--model PATH] [--tokens 64] [--runs 5]
@@ -33,22 +33,23 @@ def main() -> None:
 
     import torch
 
-    from vitdemo import chat
-    from vitdemo.config import EXAMPLES_DIR, setup_logging
-    from vitdemo.engine import Engine
-    from vitdemo.models.loading import load_model, resolve_model_source
+    from vitdemo.chat import conversation
+    from vitdemo.config import setup_logging
+    from vitdemo.paths import EXAMPLES_DIR
+    from vitdemo.core.engine import Engine
+    from vitdemo.core.loading import load_model, resolve_model_source
 
     setup_logging()
     source = resolve_model_source(args.model, os.environ.get("VITDEMO_HOME") or tempfile.mkdtemp())
     engine = Engine(load_model(source))
     model, n = engine.model, args.tokens
     model.generation_config.min_new_tokens = n  # same token count on both paths
-    image = chat.open_image(str(sorted(EXAMPLES_DIR.glob("*.png"))[0]))
-    conv = [chat.user_message("How many shapes are there?", 1)]
-    gen = chat.GenerationSettings(max_new_tokens=n)
+    image = conversation.open_image(str(sorted(EXAMPLES_DIR.glob("*.png"))[0]))
+    conv = [conversation.user_message("How many shapes are there?", 1)]
+    gen = conversation.GenerationSettings(max_new_tokens=n)
 
     # The bare generate runs on a long-lived worker thread of its own, as the app's does
-    # (vitdemo.gen_thread): on this machine torch's CPU kernels were far slower in the main
+    # (vitdemo.core.gen_thread): on this machine torch's CPU kernels were far slower in the main
     # thread (shared with another job), and a fresh thread per call starts on cold memory
     # (about 3 ms of the first token), which would flatter one side or the other.
     worker = concurrent.futures.ThreadPoolExecutor(max_workers=1)
@@ -56,7 +57,7 @@ def main() -> None:
     def bare(max_new: int) -> float:
         def work() -> float:
             t = time.perf_counter()
-            inputs = chat.build_inputs(engine.processor, conv, [image])  # same preprocessing, timed
+            inputs = conversation.build_inputs(engine.processor, conv, [image])  # same preprocessing, timed
             with torch.inference_mode():
                 out = model.generate(**inputs, max_new_tokens=max_new, min_new_tokens=max_new, do_sample=False)
             assert out.shape[-1] - inputs["input_ids"].shape[-1] == max_new
@@ -65,8 +66,8 @@ def main() -> None:
         return worker.submit(work).result()
 
     def app() -> tuple[float, float]:
-        stats = chat.AnswerStats()
-        for _ in chat.stream_answer(engine, conv, [image], gen, stats=stats):
+        stats = conversation.AnswerStats()
+        for _ in conversation.stream_answer(engine, conv, [image], gen, stats=stats):
             pass
         assert stats.new_tokens == n, stats
         return stats.first_token_s or float("nan"), stats.total_s

@@ -17,16 +17,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from vitdemo import chat  # noqa: E402
+from vitdemo.chat import conversation  # noqa: E402
 from vitdemo.classroom import scenes  # noqa: E402
-from vitdemo.cli_classroom import CLASSROOM_DIR  # noqa: E402
-from vitdemo.engine import Engine  # noqa: E402
-from vitdemo.models.loading import load_model  # noqa: E402
+from vitdemo.paths import CLASSROOM_MODEL_DIR  # noqa: E402
+from vitdemo.core.engine import Engine  # noqa: E402
+from vitdemo.core.loading import load_model  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", type=Path, default=CLASSROOM_DIR)
+    parser.add_argument("--model", type=Path, default=CLASSROOM_MODEL_DIR)
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
     # The first load also imports transformers' LLaVA/CLIP/Llama modules (lazy imports);
@@ -39,11 +39,11 @@ def main() -> None:
     load_s = time.perf_counter() - start
 
     image = scenes.generate_scene(np.random.default_rng(0), n_objects=4).image
-    conversation = [chat.user_message("Describe the image.", n_images=1)]
+    conv = [conversation.user_message("Describe the image.", n_images=1)]
     first, rates, lengths = [], [], []
     for _ in range(args.repeats + 1):  # the first run warms up and is dropped
-        stats = chat.AnswerStats()
-        "".join(chat.stream_answer(engine, conversation, [image], chat.GenerationSettings(max_new_tokens=64),
+        stats = conversation.AnswerStats()
+        "".join(conversation.stream_answer(engine, conv, [image], conversation.GenerationSettings(max_new_tokens=64),
                                    stats=stats))
         first.append(stats.first_token_s)
         rates.append(stats.new_tokens / stats.total_s)

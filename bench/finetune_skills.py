@@ -32,10 +32,10 @@ def main() -> int:
     import torch
 
     from vitdemo.classroom.evaluate import answer_batch, held_out_items
-    from vitdemo.data import load_dataset
-    from vitdemo.finetune import FinetuneConfig, Trainer, make_items, split_records
-    from vitdemo.models.loading import load_model
-    from vitdemo.sft import exact_match
+    from vitdemo.finetune.data.records import load_dataset
+    from vitdemo.finetune.trainer import FinetuneConfig, Trainer, make_items, split_records
+    from vitdemo.core.loading import load_model
+    from vitdemo.finetune.sft import exact_match
 
     torch.set_num_threads(2)
     overrides = {}

@@ -36,9 +36,9 @@ def _setup(args: argparse.Namespace):
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    from vitdemo.data import ingest_upload, load_dataset
-    from vitdemo.finetune import FinetuneConfig, split_records
-    from vitdemo.models.loading import load_model
+    from vitdemo.finetune.data.records import ingest_upload, load_dataset
+    from vitdemo.finetune.trainer import FinetuneConfig, split_records
+    from vitdemo.core.loading import load_model
 
     loaded = load_model(args.model, device=args.device, quant=args.quant)
     tmp = Path(tempfile.mkdtemp(prefix="vitdemo-bench-"))
@@ -52,7 +52,7 @@ def _setup(args: argparse.Namespace):
 
 
 def run_vitdemo(args: argparse.Namespace) -> dict:
-    from vitdemo.finetune import Trainer, make_items
+    from vitdemo.finetune.trainer import Trainer, make_items
 
     loaded, cfg, train, tmp = _setup(args)
     t0 = time.perf_counter()  # encoding is part of the trainer's work (TRL does it inside its loop)
@@ -71,8 +71,8 @@ def run_trl(args: argparse.Namespace) -> dict:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from vitdemo.finetune import attach_lora
-    from vitdemo.images import open_image
+    from vitdemo.finetune.trainer import attach_lora
+    from vitdemo.core.images import open_image
 
     loaded, cfg, train, tmp = _setup(args)
     model = attach_lora(loaded.model, cfg)  # the same LoRA (targets, rank, alpha) as vitdemo's trainer
@@ -125,7 +125,7 @@ def main() -> None:
         if (classroom / "config.json").is_file():
             args.model = str(classroom)
         else:
-            from vitdemo.models.fallback import build_tiny_llava
+            from vitdemo.core.fallback import build_tiny_llava
 
             args.model = str(build_tiny_llava(Path(tempfile.mkdtemp(prefix="vitdemo-tiny-")) / "m"))
     results = []

@@ -29,9 +29,9 @@ from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from vitdemo.archive import ArchiveLimits, extract_zip  # noqa: E402
-from vitdemo.data import open_image  # noqa: E402
-from vitdemo.dataset_formats import ParseLimits, parse_annotation_text  # noqa: E402
+from vitdemo.finetune.data.archive import ArchiveLimits, extract_zip  # noqa: E402
+from vitdemo.finetune.data.records import open_image  # noqa: E402
+from vitdemo.finetune.data.formats import ParseLimits, parse_annotation_text  # noqa: E402
 from vitdemo.errors import DatasetError, ImageError  # noqa: E402
 
 

@@ -32,7 +32,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "helpers")]
 
 log = logging.getLogger("bench.load")
 
@@ -135,8 +135,8 @@ def run_users(url: str, users: list[tuple[str, str, str]], deadline: float, time
 
 def references(engine: Any, users: list[tuple[str, str, str]], max_new_tokens: int) -> list[tuple[str, str]]:
     """Each user's two answers from the model asked alone (the same path as /chat)."""
-    from vitdemo.chat import GenerationSettings
-    from vitdemo.session import history_to_session
+    from vitdemo.chat.conversation import GenerationSettings
+    from vitdemo.chat.session import history_to_session
 
     gen = GenerationSettings(max_new_tokens=max_new_tokens)
     out = []
@@ -184,8 +184,8 @@ def summarise(requests: list[Request], refs: list[tuple[str, str]], single_s: fl
 
 def start_finetune(home: Path, model: str) -> Any:
     """A small fine-tune job on a shipped example dataset, through the job API; returns the Popen."""
-    from vitdemo import jobs
-    from vitdemo.data import ingest_upload, load_dataset, save_records
+    from vitdemo.finetune import jobs
+    from vitdemo.finetune.data.records import ingest_upload, load_dataset, save_records
 
     job = jobs.new_job(home, model=model, config={"max_steps": 50_000, "batch_size": 2, "max_eval_examples": 4,
                                                   "checkpoint_every": 1000})
@@ -209,8 +209,8 @@ def main() -> int:
     deadline = time.monotonic() + args.deadline_s
 
     from vitdemo.config import Settings
-    from vitdemo.engine import Engine
-    from vitdemo.models.loading import load_model
+    from vitdemo.core.engine import Engine
+    from vitdemo.core.loading import load_model
     from webapp import free_port, serve
 
     tmp = Path(tempfile.mkdtemp(prefix="vitdemo-load-"))

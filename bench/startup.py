@@ -87,7 +87,7 @@ def main() -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "VITDEMO_HOME": home, "GRADIO_ANALYTICS_ENABLED": "False",
            "PYTHONPATH": str(ROOT)}
     sys.path.insert(0, str(ROOT))
-    from vitdemo.models.loading import resolve_model_source
+    from vitdemo.core.loading import resolve_model_source
 
     model = resolve_model_source(args.model, home)  # builds the fallback now, if it is the default
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:

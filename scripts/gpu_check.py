@@ -24,9 +24,9 @@ def qlora_check(quant: str, steps: int = 30) -> dict:
     """LoRA on the 4-bit classroom model (QLoRA): the loss must fall and the adapter save."""
     import torch
 
-    from vitdemo.data import load_dataset
-    from vitdemo.finetune import FinetuneConfig, Trainer, is_quantized, make_items, split_records
-    from vitdemo.models.loading import load_model
+    from vitdemo.finetune.data.records import load_dataset
+    from vitdemo.finetune.trainer import FinetuneConfig, Trainer, is_quantized, make_items, split_records
+    from vitdemo.core.loading import load_model
 
     root = Path(__file__).resolve().parent.parent
     loaded = load_model(str(root / "assets" / "classroom"), quant=quant, device="cuda")
@@ -61,11 +61,11 @@ def main() -> int:
         import torch
         from PIL import Image
 
-        from vitdemo import chat
+        from vitdemo.chat import conversation
         from vitdemo.config import setup_logging
-        from vitdemo.engine import Engine
-        from vitdemo.models.fallback import build_tiny_llava
-        from vitdemo.models.loading import load_model
+        from vitdemo.core.engine import Engine
+        from vitdemo.core.fallback import build_tiny_llava
+        from vitdemo.core.loading import load_model
 
         setup_logging()
         report.update(torch=torch.__version__, cuda_available=torch.cuda.is_available())
@@ -96,12 +96,12 @@ def main() -> int:
         engine = Engine(loaded)
         loaded.model.generation_config.min_new_tokens = args.tokens
         image = Image.new("RGB", (64, 64), "red")
-        conv = [chat.user_message("What colour is the image?", 1)]
-        gen = chat.GenerationSettings(max_new_tokens=args.tokens)
-        chat.answer(engine, conv, [image], gen)  # warm-up (CUDA kernels)
-        stats = chat.AnswerStats()
-        answer = "".join(chat.stream_answer(engine, conv, [image], gen, stats=stats))
-        again = chat.answer(engine, conv, [image], gen)
+        conv = [conversation.user_message("What colour is the image?", 1)]
+        gen = conversation.GenerationSettings(max_new_tokens=args.tokens)
+        conversation.answer(engine, conv, [image], gen)  # warm-up (CUDA kernels)
+        stats = conversation.AnswerStats()
+        answer = "".join(conversation.stream_answer(engine, conv, [image], gen, stats=stats))
+        again = conversation.answer(engine, conv, [image], gen)
         report.update(
             answer=answer.strip(), greedy_repeatable=(again == answer.strip()),
             new_tokens=stats.new_tokens, first_token_ms=round(1000 * (stats.first_token_s or 0), 2),

@@ -13,7 +13,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parent.parent
-for p in (str(ROOT), str(ROOT / "tests")):
+for p in (str(ROOT), str(ROOT / "tests" / "helpers")):
     if p not in sys.path:
         sys.path.insert(0, p)
 

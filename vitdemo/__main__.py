@@ -1,4 +1,4 @@
-"""Command line: `python -m vitdemo serve | ask | <subcommands from vitdemo/cli_*.py>`.
+"""Command line: `python -m vitdemo serve | ask | <subcommands from each capability's cli.py>`.
 
 Errors are one line on stderr (`error: ...`) and a non-zero exit: 2 for a problem the
 user can fix (VitdemoError), 1 for anything else.
@@ -18,13 +18,12 @@ from vitdemo.config import add_arguments, setup_logging
 
 logger = logging.getLogger("vitdemo.cli")
 
-# Subcommands owned by other modules, each exposing register(subparsers). An explicit
-# list, imported only when the command line is parsed; a missing module is skipped.
-PLUGIN_MODULES: tuple[str, ...] = (
-    "vitdemo.cli_attend",  # attend
-    "vitdemo.cli_finetune",  # finetune
-    "vitdemo.cli_eval",  # eval
-    "vitdemo.cli_classroom",  # build-classroom, eval-classroom
+# Subcommands owned by the capability packages, each module exposing register(subparsers).
+# Imported when the command line is parsed (none imports torch at module level).
+CAPABILITY_CLIS: tuple[str, ...] = (
+    "vitdemo.attention.cli",  # attend
+    "vitdemo.finetune.cli",  # finetune, eval
+    "vitdemo.classroom.cli",  # build-classroom, eval-classroom
 )
 
 
@@ -52,14 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(ask, server=False)
     ask.set_defaults(func=run_ask)
 
-    for name in PLUGIN_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name != name:  # the module exists but one of its imports is missing
-                logger.warning("subcommands from %s unavailable: %s", name, err)
-            continue
-        module.register(sub)
+    for name in CAPABILITY_CLIS:
+        importlib.import_module(name).register(sub)
     return parser
 
 
@@ -73,9 +66,9 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_ask(args: argparse.Namespace) -> int:
-    from vitdemo import chat
+    from vitdemo.chat import conversation
     from vitdemo.config import Settings
-    from vitdemo.engine import Engine
+    from vitdemo.core.engine import Engine
     from vitdemo.errors import InputError
 
     settings = Settings.from_args(args)
@@ -83,14 +76,14 @@ def run_ask(args: argparse.Namespace) -> int:
         raise InputError("--question is empty")
     if len(args.image) > settings.max_images_per_message:
         raise InputError(f"{len(args.image)} images; the limit is {settings.max_images_per_message}")
-    images = [chat.open_image(str(p), max_pixels=settings.max_image_pixels) for p in args.image]
-    gen = chat.GenerationSettings(max_new_tokens=args.ask_max_new_tokens, temperature=args.temperature,
+    images = [conversation.open_image(str(p), max_pixels=settings.max_image_pixels) for p in args.image]
+    gen = conversation.GenerationSettings(max_new_tokens=args.ask_max_new_tokens, temperature=args.temperature,
                                   top_p=args.top_p, seed=args.seed)
     gen.validate()
     engine = Engine.from_settings(settings)
-    stats = chat.AnswerStats()
-    conv = [chat.user_message(args.question, len(images))]
-    answer = "".join(chat.stream_answer(engine, conv, images, gen, stats=stats)).strip()
+    stats = conversation.AnswerStats()
+    conv = [conversation.user_message(args.question, len(images))]
+    answer = "".join(conversation.stream_answer(engine, conv, images, gen, stats=stats)).strip()
     if args.json:
         print(json.dumps({
             "answer": answer,

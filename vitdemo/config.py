@@ -18,11 +18,6 @@ from vitdemo.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-# The shipped classroom model; used as the default model when it is present.
-CLASSROOM_MODEL_DIR = REPO_ROOT / "assets" / "classroom"
-EXAMPLES_DIR = REPO_ROOT / "assets" / "examples"
-
 QUANT_CHOICES = ("auto", "4bit", "8bit", "none")
 DEVICE_CHOICES = ("auto", "cuda", "cpu")
 DTYPE_CHOICES = ("auto", "bfloat16", "float16", "float32")

@@ -39,7 +39,7 @@ def evaluate_classroom(folder: Path, n_scenes: int = 500, seed: int | None = Non
                                                            n_scenes, seed + 1)
     if pointing:
         try:
-            from vitdemo.attention import pointing_game
+            from vitdemo.attention.maps import pointing_game
         except ImportError:  # attention maps not available in this build
             log.warning("vitdemo.attention.pointing_game is missing: pointing game skipped")
         else:

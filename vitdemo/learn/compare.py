@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from vitdemo.errors import InputError
+from vitdemo.paths import ADAPTERS_DIR
 
 
 @dataclass
@@ -27,14 +28,14 @@ class AdapterComparison:
 
 
 def _answer_with_map(engine: Any, image: Image.Image, question: str, adapter: str | None):
-    from vitdemo import chat
-    from vitdemo.capture import capture, to_model
-    from vitdemo.layouts import build_layout
+    from vitdemo.chat import conversation
+    from vitdemo.attention.capture import capture, to_model
+    from vitdemo.attention.layouts import build_layout
 
-    conversation = [chat.user_message(question, n_images=1)]
-    inputs = chat.build_inputs(engine.processor, conversation, [image])
+    conv = [conversation.user_message(question, n_images=1)]
+    inputs = conversation.build_inputs(engine.processor, conv, [image])
     layout = build_layout(engine.model.config, engine.processor, inputs, [image])
-    gen = chat.GenerationSettings(max_new_tokens=48)
+    gen = conversation.GenerationSettings(max_new_tokens=48)
     with engine.locked(adapter=adapter) as model:
         result = capture(model, engine.processor, to_model(inputs, model), [image], gen.generate_kwargs())
     return result.answer.strip(), result.token_maps("answer", 0)[0], result.grids()[0].box
@@ -61,7 +62,7 @@ def available_adapters(home: Any) -> list[tuple[str, str]]:
     from pathlib import Path
 
     found: list[tuple[str, str]] = []
-    shipped = Path(__file__).resolve().parents[2] / "assets" / "adapters"
+    shipped = ADAPTERS_DIR
     for config in sorted(shipped.glob("*/adapter_config.json")):
         found.append((f"example: {config.parent.name}", str(config.parent)))
     if home:

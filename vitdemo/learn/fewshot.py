@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from vitdemo import chat
+from vitdemo.chat import conversation
 from vitdemo.errors import InputError
 
 
@@ -33,18 +33,18 @@ def parse_examples(text: str) -> list[tuple[str, str]]:
 
 
 def compare_shots(engine: Any, image: Any, question: str, examples: list[tuple[str, str]],
-                  gen: chat.GenerationSettings | None = None) -> ShotComparison:
+                  gen: conversation.GenerationSettings | None = None) -> ShotComparison:
     """Answer `question` about `image` with no examples, then after the examples as earlier turns."""
     if not question.strip():
         raise InputError("type a question first")
     if not examples:
         raise InputError("give at least one example (`question => answer`) for the few-shot answer")
-    gen = gen or chat.GenerationSettings(max_new_tokens=48)
-    zero = chat.answer(engine, [chat.user_message(question, n_images=1)], [image], gen)
-    conversation: chat.Conversation = []
+    gen = gen or conversation.GenerationSettings(max_new_tokens=48)
+    zero = conversation.answer(engine, [conversation.user_message(question, n_images=1)], [image], gen)
+    conv: conversation.Conversation = []
     for index, (q, a) in enumerate(examples):
-        conversation.append(chat.user_message(q, n_images=1 if index == 0 else 0))
-        conversation.append(chat.assistant_message(a))
-    conversation.append(chat.user_message(question, n_images=0))
-    few = chat.answer(engine, conversation, [image], gen)
+        conv.append(conversation.user_message(q, n_images=1 if index == 0 else 0))
+        conv.append(conversation.assistant_message(a))
+    conv.append(conversation.user_message(question, n_images=0))
+    few = conversation.answer(engine, conv, [image], gen)
     return ShotComparison(question, examples, zero, few)

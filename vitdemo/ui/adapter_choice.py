@@ -12,7 +12,7 @@ from typing import Any
 
 import gradio as gr
 
-from vitdemo.engine import KEEP
+from vitdemo.core.engine import KEEP
 
 SERVER_DEFAULT: str | None = None  # state value: whatever the server was started with
 BASE_MODEL = ""  # state value: the base model, no adapter

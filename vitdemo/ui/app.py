@@ -1,14 +1,11 @@
-"""build_ui(): the Gradio Blocks app: a header, the Chat tab, and the optional tabs.
+"""build_ui(): the Gradio Blocks app: a header and one tab per capability.
 
-Other tabs live in their own modules and are added here from an explicit list; each
-module exposes `create_<name>_tab(engine, settings)`, called inside a gr.Tab. A module
-that does not exist yet is skipped; one that fails to import shows its error in its tab.
+Each tab lives in its own module under vitdemo/ui and exposes
+`create_<name>_tab(engine, settings, adapter_state)`, called inside a gr.Tab.
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import logging
 import os
 from typing import Any
@@ -24,20 +21,17 @@ os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "100")
 import gradio as gr  # noqa: E402
 
 from vitdemo.config import Settings  # noqa: E402
-from vitdemo.engine import Engine  # noqa: E402
+from vitdemo.core.engine import Engine  # noqa: E402
 from vitdemo.errors import InputError, VitdemoError  # noqa: E402
-from vitdemo.models.fallback import FALLBACK_DIRNAME  # noqa: E402
+from vitdemo.core.fallback import FALLBACK_DIRNAME  # noqa: E402
 from vitdemo.ui import adapter_choice  # noqa: E402
+from vitdemo.ui.attention import create_attention_tab  # noqa: E402
 from vitdemo.ui.chat import create_chat_tab  # noqa: E402
+from vitdemo.ui.finetune import create_finetune_tab  # noqa: E402
+from vitdemo.ui.learn import create_learn_tab  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-# (module name under vitdemo.ui, tab label), in the order the tabs appear.
-OPTIONAL_TABS: tuple[tuple[str, str], ...] = (
-    ("attention", "Attention"),
-    ("finetune", "Fine-tune"),
-    ("learn", "Learn"),
-)
 
 CSS = """
 #vitdemo-chatbot img { max-height: 220px; width: auto; }
@@ -68,30 +62,6 @@ def _header(engine: Engine) -> str:
     return "\n\n".join(lines)
 
 
-def _add_optional_tab(name: str, label: str, engine: Engine, settings: Settings, adapter_state: gr.State) -> bool:
-    module_name = f"vitdemo.ui.{name}"
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as err:
-        if err.name == module_name:
-            return False  # not written yet
-        return _broken_tab(label, err)
-    except Exception as err:  # noqa: BLE001 - one broken tab must not take the app down
-        return _broken_tab(label, err)
-    create = getattr(module, f"create_{name}_tab")
-    extra = {"adapter_state": adapter_state} if "adapter_state" in inspect.signature(create).parameters else {}
-    with gr.Tab(label):
-        create(engine, settings, **extra)
-    return True
-
-
-def _broken_tab(label: str, err: BaseException) -> bool:
-    logger.exception("the %s tab failed to load", label)
-    with gr.Tab(label):
-        gr.Markdown(f"This tab failed to load: `{type(err).__name__}: {err}`")
-    return True
-
-
 def build_ui(settings: Settings | None = None, engine: Engine | None = None, *,
              defer_load: bool = False) -> gr.Blocks:
     """The whole app. Loads the model (settings.model, else the default) unless `engine` is given.
@@ -108,8 +78,12 @@ def build_ui(settings: Settings | None = None, engine: Engine | None = None, *,
         adapter_state = adapter_choice.new_state()  # this user's adapter, shared by the tabs
         with gr.Tab("Chat"):
             create_chat_tab(engine, settings, adapter_state)
-        for name, label in OPTIONAL_TABS:
-            _add_optional_tab(name, label, engine, settings, adapter_state)
+        with gr.Tab("Attention"):
+            create_attention_tab(engine, settings, adapter_state)
+        with gr.Tab("Fine-tune"):
+            create_finetune_tab(engine, settings, adapter_state)
+        with gr.Tab("Learn"):
+            create_learn_tab(engine, settings)
         if not ready:
             demo.load(lambda: _header(engine), None, header, queue=False, show_progress="hidden")
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=settings.concurrency)

@@ -1,7 +1,7 @@
 """The "How it sees" tab: ask about an image and watch where each word looks.
 
-Wiring only: the logic is in vitdemo.attend (answer with maps) and
-vitdemo.attention_view (what to draw for a selection).
+Wiring only: the logic is in vitdemo.attention.attend (answer with maps) and
+vitdemo.attention.view (what to draw for a selection).
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from typing import Any
 
 import gradio as gr
 
-from vitdemo import attention_view as av
-from vitdemo.attend import View, stream_with_maps
-from vitdemo.data import open_image
+from vitdemo.attention import view as av
+from vitdemo.attention.attend import View, stream_with_maps
+from vitdemo.finetune.data.records import open_image
 from vitdemo.errors import VitdemoError
-from vitdemo.heatmaps import COLORMAPS, DEFAULT_COLORMAP
-from vitdemo.images import DEFAULT_MAX_PIXELS
+from vitdemo.attention.heatmaps import COLORMAPS, DEFAULT_COLORMAP
+from vitdemo.core.images import DEFAULT_MAX_PIXELS
 from vitdemo.ui import adapter_choice
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def create_attention_tab(engine: Any, settings: Any = None, adapter_state: gr.St
 
     def on_ask(img, img2, q, max_new_v, layer_v, head_v, which_v, cmap_v, opacity_v, smooth_v, adapter,
                prev: av.AttentionSession | None):
-        from vitdemo.chat import GenerationSettings
+        from vitdemo.chat.conversation import GenerationSettings
 
         images = [i for i in (img, img2) if i is not None]
         if not images:

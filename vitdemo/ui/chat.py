@@ -1,4 +1,4 @@
-"""The Chat tab: wiring only. The logic lives in vitdemo.session and vitdemo.chat."""
+"""The Chat tab: wiring only. The logic lives in vitdemo.chat.session and vitdemo.chat."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ from typing import Any, Iterator
 
 import gradio as gr
 
-from vitdemo.chat import GenerationSettings
-from vitdemo.config import EXAMPLES_DIR, Settings
-from vitdemo.engine import Engine
+from vitdemo.chat.conversation import GenerationSettings
+from vitdemo.config import Settings
+from vitdemo.paths import EXAMPLES_DIR
+from vitdemo.core.engine import Engine
 from vitdemo.errors import VitdemoError
-from vitdemo.session import ChatSession, history_to_session
+from vitdemo.chat.session import ChatSession, history_to_session
 from vitdemo.ui import adapter_choice
 
 logger = logging.getLogger(__name__)

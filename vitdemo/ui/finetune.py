@@ -1,4 +1,4 @@
-"""The Fine-tune tab: wiring only. The logic lives in vitdemo.ft_service (and data, jobs, finetune).
+"""The Fine-tune tab: wiring only. The logic lives in vitdemo.finetune.service (and data, jobs, finetune).
 
 Upload (or type pairs) -> Check -> report (counts, tokens, thumbnails, problems) -> LoRA
 settings -> Start / Stop / Resume -> progress bar + live loss curve (a gr.Timer polls the
@@ -14,10 +14,10 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from vitdemo import ft_service as svc
-from vitdemo.chat import GenerationSettings, answer, open_image, user_message
+from vitdemo.finetune import service as svc
+from vitdemo.chat.conversation import GenerationSettings, answer, open_image, user_message
 from vitdemo.errors import VitdemoError
-from vitdemo.ft_config import FinetuneConfig
+from vitdemo.finetune.config import FinetuneConfig
 from vitdemo.ui import adapter_choice
 
 logger = logging.getLogger(__name__)

@@ -18,6 +18,7 @@ import numpy as np
 from vitdemo import learn
 from vitdemo.errors import VitdemoError
 from vitdemo.learn import fewshot, stages
+from vitdemo.paths import EXAMPLES_DIR
 
 # vitdemo.learn.inside / .contrastive (torch) and .plots (matplotlib) are imported in the
 # handlers: building the page must not wait for them (the startup benchmark counts it).
@@ -78,12 +79,12 @@ def _example_paths(engine: Any) -> list[str]:
     folder = Path(str(engine.source)) / "examples"
     paths = sorted(folder.glob("*.png")) if folder.is_dir() else []
     if not paths:
-        paths = sorted((Path(__file__).resolve().parents[2] / "assets" / "examples").glob("*.png"))
+        paths = sorted(EXAMPLES_DIR.glob("*.png"))
     return [str(p) for p in paths]
 
 
 def _open(path: str | None):
-    from vitdemo.images import open_image
+    from vitdemo.core.images import open_image
 
     if not path:
         raise gr.Error("Pick or upload an image first.")
@@ -94,10 +95,10 @@ def _open(path: str | None):
 
 
 def _prompt_inputs(engine: Any, image, question: str) -> dict:
-    from vitdemo import chat
+    from vitdemo.chat import conversation
 
-    conversation = [chat.user_message(question, n_images=1)]
-    return dict(chat.build_inputs(engine.processor, conversation, [image]))
+    conv = [conversation.user_message(question, n_images=1)]
+    return dict(conversation.build_inputs(engine.processor, conv, [image]))
 
 
 def _clip(text: str, limit: int = 70) -> str:
@@ -174,12 +175,12 @@ def _contrastive(engine: Any, image_path: str, captions_text: str):
 
 
 def _suggest_captions(engine: Any, image_path: str) -> str:
-    from vitdemo import chat
+    from vitdemo.chat import conversation
     from vitdemo.classroom import scenes
 
     image = _open(image_path)
     try:
-        described = chat.answer(engine, [chat.user_message("Describe the image.", n_images=1)], [image])
+        described = conversation.answer(engine, [conversation.user_message("Describe the image.", n_images=1)], [image])
     except VitdemoError as err:
         raise gr.Error(str(err)) from err
     rng = np.random.default_rng(zlib.crc32(described.encode()))  # same image, same suggestions

@@ -11,8 +11,8 @@ from vitdemo.learn.compare import available_adapters, compare_adapter
 
 
 def _run(engine: Any, image_path: str | None, question: str, adapter: str | None, cmap: str):
-    from vitdemo.attend import View, render_map
-    from vitdemo.images import open_image
+    from vitdemo.attention.attend import View, render_map
+    from vitdemo.core.images import open_image
 
     if not image_path:
         raise gr.Error("Pick or upload an image first.")

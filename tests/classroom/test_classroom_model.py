@@ -1,0 +1,73 @@
+"""The shipped classroom model: loadable like a Hub model, small, and right."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vitdemo.classroom import evaluate, scenes
+from vitdemo.classroom.report import load_classroom, load_contrastive
+from vitdemo.paths import CLASSROOM_MODEL_DIR
+
+# A held-out seed of its own: never used in training nor by eval-classroom's default.
+TEST_SEED = 424_242
+# The issue asks the tests for >= 90% exact match on a small held-out set. Greedy answers
+# are deterministic, so this fails on any regression of the model, processor, chat
+# template or batching.
+EXACT_MATCH_FLOOR = 0.90
+# Per question form, on only 40 scenes (some forms have ~25 questions): a little lower.
+PER_FORM_FLOOR = 0.80
+
+
+@pytest.fixture(scope="module")
+def classroom():
+    return load_classroom(CLASSROOM_MODEL_DIR)
+
+
+def test_checkpoint_is_small_and_complete():
+    files = [p for p in Path(CLASSROOM_MODEL_DIR).rglob("*") if p.is_file()]
+    total = sum(p.stat().st_size for p in files)
+    assert total <= 20 * 1024 * 1024, f"assets/classroom is {total / 2**20:.1f} MB, the budget is 20 MB"
+    names = {p.name for p in files}
+    for required in ("config.json", "model.safetensors", "tokenizer.json", "training.json"):
+        assert required in names
+    assert (Path(CLASSROOM_MODEL_DIR) / "contrastive" / "model.safetensors").is_file()
+
+
+def test_architecture_and_tokenizer(classroom):
+    model, processor = classroom
+    assert type(model).__name__ == "LlavaForConditionalGeneration"
+    grid = model.config.vision_config.image_size // model.config.vision_config.patch_size
+    assert grid >= 8
+    tok = processor.tokenizer
+    for text in ("What color is the circle?", "红色", "Ça va? 🙂"):
+        assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
+
+
+def test_held_out_exact_match(classroom):
+    model, processor = classroom
+    scores = evaluate.evaluate_answers(model, processor, n_scenes=40, seed=TEST_SEED)
+    assert scores["n_questions"] >= 150
+    assert scores["exact_match"] >= EXACT_MATCH_FLOOR, scores
+    assert min(scores["per_form"].values()) >= PER_FORM_FLOOR, scores
+    assert scores["describe_all_objects"] >= PER_FORM_FLOOR, scores
+
+
+def test_answers_work_at_any_input_size(classroom):
+    model, processor = classroom
+    rng = np.random.default_rng(TEST_SEED + 1)
+    images, questions, truth = [], [], []
+    for size in (48, 100, 333, 640):
+        scene = scenes.generate_scene(rng, size=size, n_objects=2)
+        images.append(scene.image)
+        questions.append("How many shapes are there?")
+        truth.append("two")
+    assert evaluate.answer_batch(model, processor, images, questions) == truth
+
+
+def test_zero_shot_caption_matching(classroom):
+    _, processor = classroom
+    accuracy = evaluate.evaluate_zero_shot(load_contrastive(CLASSROOM_MODEL_DIR), processor, 60, seed=TEST_SEED + 2)
+    assert accuracy >= 0.85, accuracy

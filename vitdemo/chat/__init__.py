@@ -1,0 +1,1 @@
+"""Chat: conversation -> prompt (the chat template) -> streamed answer; one user's session."""

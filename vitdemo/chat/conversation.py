@@ -1,0 +1,406 @@
+"""Conversation -> prompt (the processor's chat template) -> streamed answer tokens.
+
+A conversation is a list of `{"role": "user"|"assistant", "content": [...]}` dicts whose
+content items are `{"type": "image"}` or `{"type": "text", "text": str}`, plus a list of
+PIL images in the order of their `{"type": "image"}` items.
+
+Generation runs `model.generate` on the one generation thread (vitdemo.core.gen_thread) with
+a TextIteratorStreamer, holding the engine lock; the caller iterates text pieces. A
+threading.Event stops it between tokens.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+from vitdemo.core import gen_thread
+from vitdemo.core.engine import KEEP, Engine
+from vitdemo.errors import GenerationError, ImageError, InputError, VitdemoError
+
+logger = logging.getLogger(__name__)
+
+Message = dict[str, Any]
+Conversation = list[Message]
+
+
+@dataclass
+class GenerationSettings:
+    """How to generate one answer. Greedy by default, so a demo is repeatable."""
+
+    max_new_tokens: int = 256  # answer length limit in tokens
+    temperature: float = 0.0  # 0 = greedy (deterministic); > 0 samples
+    top_p: float = 1.0  # nucleus sampling mass, used only when temperature > 0
+    seed: int | None = 0  # sampling seed; None = a different answer each time
+    repetition_penalty: float = 1.0  # > 1 discourages repeating tokens
+
+    def validate(self, cap: int | None = None) -> None:
+        """Raise InputError naming the bad value and its allowed range."""
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise InputError(f"max_new_tokens={self.max_new_tokens!r} must be an integer >= 1")
+        if cap is not None and self.max_new_tokens > cap:
+            raise InputError(f"max_new_tokens={self.max_new_tokens} is above the server's cap of {cap}")
+        if not 0.0 <= self.temperature <= 5.0:
+            raise InputError(f"temperature={self.temperature} must be between 0 and 5")
+        if not 0.0 < self.top_p <= 1.0:
+            raise InputError(f"top_p={self.top_p} must be in (0, 1]")
+        if not 0.5 <= self.repetition_penalty <= 2.0:
+            raise InputError(f"repetition_penalty={self.repetition_penalty} must be between 0.5 and 2")
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for model.generate."""
+        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens}
+        if self.temperature > 0:
+            kwargs.update(do_sample=True, temperature=self.temperature, top_p=self.top_p)
+        else:
+            # Explicit, so a model's generation_config cannot turn sampling on.
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if self.repetition_penalty != 1.0:
+            kwargs["repetition_penalty"] = self.repetition_penalty
+        return kwargs
+
+
+@dataclass
+class AnswerStats:
+    """Filled in by stream_answer while it runs: timings for benchmarks and logs."""
+
+    input_tokens: int = 0
+    new_tokens: int = 0
+    first_token_s: float | None = None  # seconds from the call to the first text piece
+    total_s: float = 0.0
+    stopped: bool = False  # the stop event ended generation early
+    pieces: list[str] = field(default_factory=list, repr=False)
+
+
+# --- images ---------------------------------------------------------------------------
+
+def open_image(src: Any, max_pixels: int | None = None):
+    """Sanitised RGB PIL image via vitdemo.data.open_image, or a private fallback until it lands."""
+    from PIL import Image
+
+    if isinstance(src, Image.Image):
+        return _open_image_fallback(src, max_pixels)
+    try:
+        from vitdemo.finetune.data.records import open_image as data_open_image
+    except ImportError:
+        return _open_image_fallback(src, max_pixels)
+    if max_pixels is None:
+        return data_open_image(src)
+    return data_open_image(src, max_pixels=max_pixels)
+
+
+def _open_image_fallback(src: Any, max_pixels: int | None = None):
+    """Open a path, bytes or PIL image as RGB; ImageError for anything that is not an image."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(src, Image.Image):
+        image = src
+    else:
+        name = os.path.basename(str(src)) if isinstance(src, (str, os.PathLike)) else "upload"
+        try:
+            image = Image.open(io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else src)
+            if max_pixels is not None and image.width * image.height > max_pixels:
+                raise ImageError(
+                    f"{name} is {image.width}x{image.height} = {image.width * image.height} pixels, "
+                    f"above the limit of {max_pixels}; resize it first"
+                )
+            image.load()
+        except ImageError:
+            raise
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
+            raise ImageError(f"{name} is not an image that can be opened ({type(err).__name__})") from None
+    if image.mode != "RGB":
+        if image.mode in ("RGBA", "LA", "P"):
+            image = image.convert("RGBA")
+            background = Image.new("RGB", image.size, (255, 255, 255))
+            background.paste(image, mask=image.getchannel("A"))
+            image = background
+        else:
+            image = image.convert("RGB")
+    return image
+
+
+# --- conversations --------------------------------------------------------------------
+
+def user_message(text: str, n_images: int = 0) -> Message:
+    """A user turn: the images first (as most chat templates expect), then the text."""
+    content: list[dict[str, Any]] = [{"type": "image"} for _ in range(n_images)]
+    if text:
+        content.append({"type": "text", "text": text})
+    return {"role": "user", "content": content}
+
+
+def assistant_message(text: str) -> Message:
+    return {"role": "assistant", "content": [{"type": "text", "text": text}]}
+
+
+def count_images(conversation: Sequence[Message]) -> int:
+    return sum(
+        1 for m in conversation for item in _content(m) if isinstance(item, dict) and item.get("type") == "image"
+    )
+
+
+def _content(message: Message) -> list[Any]:
+    content = message.get("content", [])
+    return [{"type": "text", "text": content}] if isinstance(content, str) else list(content)
+
+
+def validate_conversation(conversation: Sequence[Message], images: Sequence[Any]) -> None:
+    """Loud checks with numbers: non-empty, ends with a user turn, images match placeholders."""
+    if not conversation:
+        raise InputError("the conversation is empty: type a question (and add an image)")
+    last = conversation[-1]
+    if last.get("role") != "user":
+        raise InputError(f"the last message must be from the user, not {last.get('role')!r}")
+    has_text = any(
+        item.get("type") == "text" and str(item.get("text", "")).strip() for item in _content(last)
+    )
+    if not has_text:
+        raise InputError("the message is empty: type a question")
+    n_placeholders = count_images(conversation)
+    if n_placeholders != len(images):
+        raise InputError(
+            f"the conversation has {n_placeholders} image placeholders but {len(images)} images were given"
+        )
+
+
+def build_inputs(processor: Any, conversation: Sequence[Message], images: Sequence[Any]) -> Any:
+    """Model inputs (a BatchFeature of tensors, batch 1) through the processor's chat template."""
+    validate_conversation(conversation, images)
+    prompt = processor.apply_chat_template(list(conversation), add_generation_prompt=True, tokenize=False)
+    kwargs: dict[str, Any] = {"text": prompt, "return_tensors": "pt"}
+    if images:
+        kwargs["images"] = list(images)
+    try:
+        inputs = processor(**kwargs)
+    except (ValueError, TypeError) as err:
+        raise InputError(f"the processor refused this message: {str(err).splitlines()[0][:300]}") from err
+    return inputs
+
+
+def _to_model(inputs: Any, model: Any) -> Any:
+    """Move tensors to the model's device; floating ones (pixels) to its compute dtype."""
+    import torch
+
+    device = model.get_input_embeddings().weight.device
+    dtype = model.get_input_embeddings().weight.dtype
+    moved = {}
+    for key, value in inputs.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(device)
+            if value.is_floating_point():
+                value = value.to(dtype)
+        moved[key] = value
+    return moved
+
+
+def _context_limit(model: Any) -> int | None:
+    config = getattr(model, "config", None)
+    text = getattr(config, "text_config", None) or config
+    return getattr(text, "max_position_embeddings", None)
+
+
+# --- generation -----------------------------------------------------------------------
+
+def stopping_criteria(*events: threading.Event):
+    """For model.generate: stop after the current token once any of `events` is set."""
+    from transformers import StoppingCriteriaList
+
+    return StoppingCriteriaList([_event_stop_class()(events)])
+
+
+@functools.lru_cache(maxsize=1)
+def _event_stop_class() -> type:
+    """A stopping criterion that ends generation once any of its events is set (built once)."""
+    from transformers import StoppingCriteria
+
+    class EventStop(StoppingCriteria):
+        def __init__(self, events: Sequence[threading.Event]) -> None:
+            self.events = events
+
+        def __call__(self, input_ids, scores, **kwargs):  # noqa: ANN001 - transformers' signature
+            return any(e.is_set() for e in self.events)
+
+    return EventStop
+
+
+def _eager_streamer(tokenizer: Any) -> Any:
+    """A TextIteratorStreamer that hands on each token's text as soon as it decodes to whole
+    characters. The library's holds text back until a space, so the first word showed up
+    one token late (a third of the time to first token on the classroom model)."""
+    return _eager_streamer_class()(tokenizer, skip_prompt=True, skip_special_tokens=True)
+
+
+FIRST_PIECE_WAIT_S = 0.01  # the longest the generation thread waits for the first word to be read
+
+
+@functools.lru_cache(maxsize=1)
+def _eager_streamer_class() -> type:
+    """Built on first use (transformers is imported lazily), then reused by every request."""
+    from transformers import TextIteratorStreamer
+
+    class EagerStreamer(TextIteratorStreamer):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.first_taken = threading.Event()
+
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            super().on_finalized_text(text, stream_end)
+            if text and not self.first_taken.is_set():
+                # Let the reader take the first word before the next forward pass holds the
+                # interpreter: otherwise it could wait a whole thread-switch interval (5 ms).
+                self.first_taken.wait(FIRST_PIECE_WAIT_S)
+
+        def __next__(self) -> str:
+            try:
+                return super().__next__()
+            finally:
+                self.first_taken.set()
+
+        def put(self, value: Any) -> None:
+            if value.dim() > 1:
+                if value.shape[0] > 1:
+                    raise ValueError("the streamer handles one sequence at a time")
+                value = value[0]
+            if self.skip_prompt and self.next_tokens_are_prompt:
+                self.next_tokens_are_prompt = False
+                return
+            self.token_cache.extend(value.tolist())
+            text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)
+            if text.endswith("\ufffd"):  # part of a multi-byte character: wait for the rest
+                return
+            printable = text[self.print_len:]
+            self.print_len += len(printable)
+            if printable:
+                self.on_finalized_text(printable)
+
+    return EagerStreamer
+
+
+def _is_oom(err: BaseException) -> bool:
+    import torch
+
+    return isinstance(err, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in str(err).lower()
+
+
+def stream_answer(
+    engine: Engine,
+    conversation: Sequence[Message],
+    images: Sequence[Any],
+    gen: GenerationSettings | None = None,
+    *,
+    stop_event: threading.Event | None = None,
+    adapter: Any = KEEP,
+    stats: AnswerStats | None = None,
+) -> Iterator[str]:
+    """Yield the answer as text pieces as they are generated.
+
+    Holds engine.lock from start to end of generation. Setting `stop_event` ends it after
+    the current token. Closing the iterator early also stops it. Raises InputError for a
+    bad request, GenerationError (message with numbers) when generation fails; the engine
+    stays usable after either.
+    """
+    import torch
+
+    gen = gen or GenerationSettings()
+    gen.validate()
+    stats = stats if stats is not None else AnswerStats()
+    stop_event = stop_event or threading.Event()  # the caller's: "user pressed stop"
+    halt = threading.Event()  # ours: "the consumer went away", never leaks to the next call
+    started = time.perf_counter()
+    inputs = build_inputs(engine.processor, conversation, images)
+    n_input = int(inputs["input_ids"].shape[-1])
+    stats.input_tokens = n_input
+    limit = _context_limit(engine.model)
+    if limit is not None and n_input >= limit:
+        raise InputError(
+            f"the conversation is {n_input} tokens, the model's context is {limit}: clear the chat or use fewer images"
+        )
+    tokenizer = getattr(engine.processor, "tokenizer", engine.processor)
+    streamer = _eager_streamer(tokenizer)
+    failure: list[BaseException] = []
+    new_tokens: list[int] = []
+
+    engine.acquire(adapter)  # released by the worker thread when generate returns
+
+    def work() -> None:
+        try:
+            model = engine.model
+            kwargs = _to_model(inputs, model)
+            if gen.seed is not None:
+                torch.manual_seed(gen.seed)
+            with torch.inference_mode():
+                out = model.generate(
+                    **kwargs,
+                    **gen.generate_kwargs(),
+                    streamer=streamer,
+                    stopping_criteria=stopping_criteria(stop_event, halt),
+                )
+            new_tokens.append(int(out.shape[-1]) - n_input)
+        except BaseException as err:  # noqa: BLE001 - reported to the caller below
+            failure.append(err)
+            streamer.end()  # unblock the consumer
+        finally:
+            if failure and _is_oom(failure[0]) and torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            engine.lock.release()
+
+    try:
+        done = gen_thread.submit(work)
+    except BaseException:
+        engine.lock.release()
+        raise
+    try:
+        for piece in streamer:
+            if not piece:
+                continue
+            if stats.first_token_s is None:
+                stats.first_token_s = time.perf_counter() - started
+            stats.pieces.append(piece)
+            yield piece
+    finally:
+        # Reached on normal end, on an exception, and when the caller closes the iterator.
+        halt.set()
+        concurrent.futures.wait([done])
+        stats.total_s = time.perf_counter() - started
+        stats.new_tokens = new_tokens[0] if new_tokens else 0
+        stats.stopped = stop_event.is_set()
+    if failure:
+        err = failure[0]
+        if isinstance(err, VitdemoError):
+            raise err
+        raise generation_failure(err, n_input=n_input, max_new_tokens=gen.max_new_tokens, n_images=len(images),
+                                 device=engine.device) from err
+
+
+def generation_failure(err: BaseException, *, n_input: int, max_new_tokens: int, n_images: int, device: str,
+                       with_maps: bool = False) -> GenerationError:
+    """The error a person sees when generate() raised: for out of memory, what to change."""
+    if _is_oom(err):
+        advice = "lower max new tokens, use fewer or smaller images, clear the chat, or load the model with --quant 4bit"
+        if with_maps:
+            advice = ("lower max new tokens (the maps grow with every word), use fewer or smaller images, "
+                      "or load the model with --quant 4bit")
+        return GenerationError(f"out of memory while generating ({n_input} input tokens, max_new_tokens "
+                               f"{max_new_tokens}, {n_images} images on {device}): {advice}")
+    detail = str(err).splitlines()[0][:300] if str(err) else ""
+    return GenerationError(f"generation failed ({type(err).__name__}: {detail})")
+
+
+def answer(
+    engine: Engine,
+    conversation: Sequence[Message],
+    images: Sequence[Any],
+    gen: GenerationSettings | None = None,
+    **kwargs: Any,
+) -> str:
+    """The whole answer as one string (the CLI and the API use this)."""
+    return "".join(stream_answer(engine, conversation, images, gen, **kwargs)).strip()

@@ -1,0 +1,1 @@
+"""Fine-tune data in, checked: safe zip extraction, annotation formats, validated records."""
