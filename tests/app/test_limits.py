@@ -191,6 +191,7 @@ def test_one_generation_at_a_time(url: str, engine: Engine, pics: dict[str, str]
     assert spy.max_active == 1, f"{spy.max_active} forwards ran at once"
 
 
+@pytest.mark.slow
 def test_full_queue_says_so_at_once(engine: Engine, tiny_llava_dir: Path, tmp_path: Path, pics: dict[str, str]) -> None:
     settings = Settings(model=str(tiny_llava_dir), port=free_port(), max_new_tokens=8, queue_size=2, home=tmp_path)
     with serve(settings, engine) as u, rs.ForwardSpy(engine.model, delay_s=0.5):

@@ -113,6 +113,7 @@ def test_api_bad_input_gives_clear_error_and_server_keeps_serving(
     assert client.predict(handle_file(scene_png), "Still there?", None, api_name="/chat").strip()
 
 
+@pytest.mark.browser
 def test_browser_upload_ask_see_answer(app_url: str, scene_png: str, artifacts_dir: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
@@ -159,6 +160,7 @@ def test_browser_upload_ask_see_answer(app_url: str, scene_png: str, artifacts_d
             browser.close()
 
 
+@pytest.mark.browser
 def test_browser_stop_button_stops_generation(app_url: str, app_engine: Engine, scene_png: str,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     from playwright.sync_api import expect, sync_playwright

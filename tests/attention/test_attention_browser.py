@@ -11,6 +11,8 @@ import pytest
 
 from webapp import browser_page, serve_tab
 
+pytestmark = pytest.mark.browser
+
 ROOT = REPO_ROOT
 CLASSROOM = ROOT / "assets" / "classroom"
 

@@ -49,6 +49,7 @@ def test_app_with_a_model_that_cannot_load_exits_with_one_error_line(tmp_path: P
     assert lines[-1].startswith("error: ") and "missing" in lines[-1], proc.stderr[-2000:]
 
 
+@pytest.mark.browser
 def test_page_header_fills_in_once_the_model_is_loaded(tiny_llava_dir: Path, tmp_path: Path) -> None:
     """The page is served before the model is there; its header then names device and quantization."""
     from playwright.sync_api import expect

@@ -15,6 +15,8 @@ from webapp import CHROMIUM, CHROMIUM_ARGS, free_port, serve
 
 from ft_helpers import confident_head
 
+pytestmark = pytest.mark.browser
+
 ROOT = REPO_ROOT
 EXAMPLE_ZIP = ROOT / "assets" / "datasets" / "chinese_colors.zip"
 

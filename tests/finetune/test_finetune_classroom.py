@@ -19,7 +19,8 @@ CLASSROOM = ROOT / "assets" / "classroom"
 EXAMPLE = ROOT / "assets" / "datasets" / "chinese_colors.zip"
 CHINESE = {"红色": "red", "绿色": "green", "蓝色": "blue", "黄色": "yellow", "紫色": "purple", "橙色": "orange"}
 
-pytestmark = pytest.mark.skipif(not (CLASSROOM / "config.json").is_file(), reason="classroom model not shipped yet")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not (CLASSROOM / "config.json").is_file(), reason="the classroom model is not in assets/")]
 
 
 def test_chinese_colors_example_learns_and_keeps_old_skills(tmp_path: Path) -> None:

@@ -57,6 +57,7 @@ def test_open_job_refuses_paths(tmp_path: Path) -> None:
             open_job(tmp_path, bad)
 
 
+@pytest.mark.slow
 def test_job_lifecycle_kill_stop_resume(tmp_path: Path, tiny_llava_dir: Path) -> None:
     home = tmp_path / "home"
     job = _make_job(home, tiny_llava_dir, max_steps=300, batch_size=4, checkpoint_every=4, lr=5e-3,

@@ -12,6 +12,8 @@ from vitdemo.paths import CLASSROOM_MODEL_DIR
 from vitdemo.config import Settings
 from webapp import browser_page, free_port, serve
 
+pytestmark = pytest.mark.browser
+
 
 @pytest.fixture(scope="module")
 def learn_page(tmp_path_factory: pytest.TempPathFactory):
