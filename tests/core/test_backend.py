@@ -17,6 +17,8 @@ from vitdemo.core.engine import KEEP, Engine
 from vitdemo.errors import BusyError, GenerationError, ImageError, InputError, ModelLoadError
 from vitdemo.core.loading import load_model
 
+from adapters import save_lora
+
 ARCHS = {
     "tiny_llava_dir": "LlavaForConditionalGeneration",
     "tiny_idefics3_dir": "Idefics3ForConditionalGeneration",
@@ -251,21 +253,6 @@ def test_four_bit_nf4_on_cpu_keeps_vision_tower_unquantized(tiny_llava_dir: Path
     assert conversation.answer(Engine(loaded), [conversation.user_message("What is red?", 1)], [_img()], GREEDY)
 
 
-def _save_lora(base_dir: Path, out: Path, seed: int) -> Path:
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForImageTextToText
-
-    torch.manual_seed(seed)
-    model = AutoModelForImageTextToText.from_pretrained(base_dir)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
-    with torch.no_grad():  # LoRA B starts at zero; make the adapter actually change outputs
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.5)
-    peft_model.save_pretrained(out)
-    return out
-
-
 def test_adapter_switching(tiny_llava_dir: Path, tmp_path: Path) -> None:
     engine = Engine(load_model(tiny_llava_dir))
     conv = [conversation.user_message("What is red?", 1)]
@@ -277,8 +264,8 @@ def test_adapter_switching(tiny_llava_dir: Path, tmp_path: Path) -> None:
             return engine.model(**inputs).logits[0, -1]
 
     base = logits()
-    a1 = _save_lora(tiny_llava_dir, tmp_path / "a1", seed=1)
-    a2 = _save_lora(tiny_llava_dir, tmp_path / "a2", seed=2)
+    a1 = save_lora(tiny_llava_dir, tmp_path / "a1", seed=1)
+    a2 = save_lora(tiny_llava_dir, tmp_path / "a2", seed=2)
     engine.use_adapter(a1)
     assert engine.active_adapter == str(a1.resolve())
     with_a1 = logits()
@@ -302,7 +289,7 @@ def test_per_user_adapter_does_not_change_what_others_get(tiny_llava_dir: Path, 
 
     engine = Engine(load_model(tiny_llava_dir))
     gen = conversation.GenerationSettings(max_new_tokens=12)
-    adapter = _save_lora(tiny_llava_dir, tmp_path / "a1", seed=1)
+    adapter = save_lora(tiny_llava_dir, tmp_path / "a1", seed=1)
     image = tmp_path / "red.png"
     _img().save(image)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,25 +48,27 @@ def compare_adapter(engine: Any, image: Image.Image, question: str, adapter: str
         raise InputError("type a question first")
     if not adapter:
         raise InputError("choose a fine-tuned adapter to compare with the base model")
-    previous = engine.active_adapter
-    try:
-        tuned_answer, tuned_map, _ = _answer_with_map(engine, image, question, adapter)
-        base_answer, base_map, box = _answer_with_map(engine, image, question, None)
-    finally:
-        if previous is not None:  # leave the engine as other users had it
-            engine.use_adapter(previous)
+    # Each call names its weights (adapter= per call), so nothing is restored afterwards:
+    # the server default (engine.use_adapter) is not this user's to change.
+    tuned_answer, tuned_map, _ = _answer_with_map(engine, image, question, adapter)
+    base_answer, base_map, box = _answer_with_map(engine, image, question, None)
     return AdapterComparison(question, base_answer, tuned_answer, base_map, tuned_map, box)
 
 
-def available_adapters(home: Any) -> list[tuple[str, str]]:
-    """(label, folder) of shipped example adapters and finished fine-tune jobs' adapters."""
-    from pathlib import Path
+def available_adapters(home: Any, owner: Any = None) -> list[tuple[str, str]]:
+    """(label, folder) of shipped example adapters and the finished jobs' adapters that `owner`
+    (a vitdemo.finetune.owners.Owner, None = nobody in particular) may see: their own and shared ones."""
+    from vitdemo.finetune.jobs import list_jobs
+    from vitdemo.finetune.owners import can_see
 
     found: list[tuple[str, str]] = []
     shipped = ADAPTERS_DIR
     for config in sorted(shipped.glob("*/adapter_config.json")):
         found.append((f"example: {config.parent.name}", str(config.parent)))
     if home:
-        for config in sorted(Path(home).glob("jobs/*/adapter/adapter_config.json")):
-            found.append((f"job {config.parent.parent.name}", str(config.parent)))
+        for job in sorted(list_jobs(home), key=lambda j: j["id"]):
+            if job["has_adapter"] and can_see(job, owner):
+                mine = owner is not None and job.get("owner") == owner.id
+                found.append((f"job {job['id']}" + ("" if mine else " (shared)" if job.get("shared") else ""),
+                              str(Path(job["dir"]) / "adapter")))
     return found
