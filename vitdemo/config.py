@@ -57,6 +57,7 @@ class Settings:
     max_images_per_message: int = 4  # more images in one message is an InputError
     max_image_pixels: int = 4096 * 4096  # larger images are refused (decompression bombs)
     max_upload_mb: int = 20  # per uploaded file, enforced by Gradio
+    max_records: int = 5000  # records in one uploaded fine-tune dataset; more is refused (split the data)
 
     def __post_init__(self) -> None:
         self.home = Path(self.home).expanduser()
@@ -74,7 +75,7 @@ class Settings:
             if value not in allowed:
                 raise InputError(f"{name}={value!r} is not one of {', '.join(allowed)}")
         positive = ("port", "queue_size", "concurrency", "max_sessions", "max_new_tokens", "max_new_tokens_cap",
-                    "max_images_per_message", "max_image_pixels", "max_upload_mb")
+                    "max_images_per_message", "max_image_pixels", "max_upload_mb", "max_records")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -206,6 +207,8 @@ def add_arguments(parser: argparse.ArgumentParser, *, server: bool = True) -> No
     s.add_argument("--max-image-pixels", dest="max_image_pixels", type=int,
                    help="largest image in pixels (default 16777216)")
     s.add_argument("--max-upload-mb", dest="max_upload_mb", type=int, help="largest upload in MB (default 20)")
+    s.add_argument("--max-records", dest="max_records", type=int,
+                   help="records allowed in one uploaded fine-tune dataset (default 5000)")
 
 
 # Third-party loggers that print noise a user cannot act on (bitsandbytes' optional CPU

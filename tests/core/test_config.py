@@ -41,3 +41,19 @@ def test_env_then_flags_override(tmp_path: Path) -> None:
 def test_bad_env_values_are_input_errors(env: dict[str, str]) -> None:
     with pytest.raises(InputError):
         Settings.from_env(env)
+
+
+def test_max_records_is_a_setting_that_reaches_the_data_check() -> None:
+    """The Fine-tune page's record limit comes from Settings (env var and flag), not a hidden default."""
+    from types import SimpleNamespace
+
+    from vitdemo.finetune import service
+
+    assert Settings.from_env({}).max_records == 5000
+    settings = Settings.from_args(_parse(["--max-records", "30"]), {"VITDEMO_MAX_RECORDS": "12"})
+    assert settings.max_records == 30
+    assert Settings.from_env({"VITDEMO_MAX_RECORDS": "12"}).max_records == 12
+    with pytest.raises(InputError, match="max_records"):
+        Settings(max_records=0)
+    engine = SimpleNamespace(model=SimpleNamespace(config=SimpleNamespace(max_position_embeddings=512)))
+    assert service._limits(engine, settings).parse.max_records == 30

@@ -35,7 +35,7 @@ def cutoff_for(model: Any) -> int:
 
 
 def _limits(engine: Any, settings: Any) -> DataLimits:
-    return DataLimits(parse=ParseLimits(max_records=getattr(settings, "max_records", 5000)),
+    return DataLimits(parse=ParseLimits(max_records=settings.max_records),
                       max_tokens=cutoff_for(engine.model), max_image_pixels=settings.max_image_pixels)
 
 
