@@ -70,7 +70,9 @@ def main() -> int:
 
     import numpy as np
     import psutil
-    from gradio_client import Client, handle_file
+    from gradio_client import handle_file
+
+    from relserver import page_client  # /on_ask is the page's own event, not a public endpoint
 
     from vitdemo.classroom.scenes import generate_scene, questions_for
 
@@ -100,7 +102,7 @@ def main() -> int:
     try:
         while True:  # wait for the server
             try:
-                client = Client(url, verbose=False, httpx_kwargs={"timeout": 120})
+                client = page_client(url, httpx_kwargs={"timeout": 120})
                 break
             except Exception:  # noqa: BLE001 - not up yet
                 if server.poll() is not None or time.monotonic() > deadline:
@@ -116,7 +118,7 @@ def main() -> int:
                 break
             image, question = items[n % len(items)]
             if args.fresh_client:
-                client = Client(url, verbose=False, httpx_kwargs={"timeout": 120})
+                client = page_client(url, httpx_kwargs={"timeout": 120})
             try:
                 out = client.predict(handle_file(image), None, question, args.max_new_tokens, api_name="/on_ask")
                 if not out[2]:

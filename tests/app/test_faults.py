@@ -52,10 +52,10 @@ def _oom(n: int) -> BaseException | None:
 @pytest.mark.parametrize("api", ["/chat", "/on_ask"])
 def test_out_of_memory_gives_a_clear_message_and_the_next_request_works(url: str, engine: Engine, red: str,
                                                                         api: str) -> None:
-    from gradio_client import Client, handle_file
+    from gradio_client import handle_file
     from gradio_client.exceptions import AppError
 
-    client = Client(url, verbose=False)
+    client = rs.page_client(url)  # /on_ask is the page's own event
     args = (handle_file(red), "What is red?", None) if api == "/chat" else (handle_file(red), None, "What?", 4)
     with rs.ForwardSpy(engine.model, fail=_oom) as spy:
         with pytest.raises(AppError) as info:
@@ -125,7 +125,7 @@ def test_restart_keeps_finished_adapters_listed_and_loadable(tiny_llava_dir: Pat
     """Two servers one after the other on the same VITDEMO_HOME, each with a freshly loaded
     model: nothing of the first survives in memory, only the folder."""
     import httpx
-    from gradio_client import Client, handle_file
+    from gradio_client import handle_file
 
     from vitdemo.finetune.jobs import list_jobs
 
@@ -138,7 +138,7 @@ def test_restart_keeps_finished_adapters_listed_and_loadable(tiny_llava_dir: Pat
             config = httpx.get(u + "config", timeout=30).json()
             dropdown = next(c for c in config["components"] if c.get("props", {}).get("elem_id") == "ft-jobs")
             assert any(choice[1] == job_id for choice in dropdown["props"]["choices"]), dropdown["props"]["choices"]
-            client = Client(u, verbose=False)
+            client = rs.page_client(u)  # the Fine-tune tab's own events, as the page calls them
             client.predict(job_id, api_name="/on_pick")  # the Fine-tune tab: pick the earlier job,
             client.predict(api_name="/on_use")  # then "chat with this adapter": it loads now
             assert engine.active_adapter == str(adapter.resolve())

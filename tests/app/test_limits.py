@@ -134,10 +134,10 @@ def test_100kb_message_gets_a_clear_message(url: str, pics: dict[str, str]) -> N
 
 @pytest.mark.parametrize("which", ["bomb", "big"])
 def test_oversized_images_refused_in_chat_and_attention(url: str, pics: dict[str, str], which: str) -> None:
-    from gradio_client import Client, handle_file
+    from gradio_client import handle_file
     from gradio_client.exceptions import AppError
 
-    client = Client(url, verbose=False)
+    client = rs.page_client(url)  # /on_ask is the page's own event
     for api, args in (("/chat", (handle_file(pics[which]), "What is it?", None)),
                       ("/on_ask", (handle_file(pics[which]), None, "What is it?", 4))):
         start = time.monotonic()
@@ -153,12 +153,12 @@ def test_oversized_images_refused_in_chat_and_attention(url: str, pics: dict[str
 
 
 def test_answer_length_cap_is_enforced_server_side(url: str, pics: dict[str, str]) -> None:
-    from gradio_client import Client, handle_file
+    from gradio_client import handle_file
     from gradio_client.exceptions import AppError
 
     # The attention tab's slider stops at 256; a forged 5000 is refused by the server.
     with pytest.raises(AppError, match="5000"):
-        Client(url, verbose=False).predict(handle_file(pics["red"]), None, "What?", 5000, api_name="/on_ask")
+        rs.page_client(url).predict(handle_file(pics["red"]), None, "What?", 5000, api_name="/on_ask")
     # The chat settings slider stops at max_new_tokens_cap (64 here).
     err, msgs = _add_then_generate(url, {"text": "Talk", "files": []}, n_tokens=65)
     assert err is None and msgs and rs.error_text(msgs[-1]) is not None and "64" in rs.error_text(msgs[-1])
@@ -166,13 +166,13 @@ def test_answer_length_cap_is_enforced_server_side(url: str, pics: dict[str, str
 
 def test_one_generation_at_a_time(url: str, engine: Engine, pics: dict[str, str]) -> None:
     """Four chat users and one attention user at once: the model never runs two forwards together."""
-    from gradio_client import Client, handle_file
+    from gradio_client import handle_file
 
     answers: dict[str, object] = {}
 
     def ask(name: str, api: str, args: tuple) -> None:
         try:
-            answers[name] = Client(url, verbose=False).predict(*args, api_name=api)
+            answers[name] = rs.page_client(url).predict(*args, api_name=api)
         except Exception as err:  # noqa: BLE001 - recorded and asserted below
             answers[name] = err
 

@@ -14,6 +14,7 @@ from vitdemo.config import Settings
 from vitdemo.core.engine import Engine
 from vitdemo.core.loading import load_model
 from vitdemo.ui.app import build_ui, launch
+from relserver import page_client
 from webapp import free_port
 
 
@@ -53,7 +54,7 @@ def test_asking_again_and_again_does_not_grow_a_session(tiny_llava_dir: Path, tm
     """Each gr.update() makes Gradio keep one more component copy in the session's config
     (5 per answer in the Attention tab before: the soak's memory crept up by ~60 KB per
     request). The tab now sends new dropdown choices only when they change."""
-    from gradio_client import Client, handle_file
+    from gradio_client import handle_file
 
     red = tmp_path / "red.png"
     Image.new("RGB", (32, 32), "red").save(red)
@@ -61,7 +62,7 @@ def test_asking_again_and_again_does_not_grow_a_session(tiny_llava_dir: Path, tm
     demo = build_ui(settings, Engine(load_model(tiny_llava_dir)))
     launch(demo, settings, prevent_thread_lock=True, quiet=True)
     try:
-        client = Client(f"http://127.0.0.1:{settings.port}/", verbose=False)
+        client = page_client(f"http://127.0.0.1:{settings.port}/")  # /on_ask: the page's own event
 
         def ask() -> None:
             out = client.predict(handle_file(str(red)), None, "What is red?", 3, api_name="/on_ask")

@@ -39,6 +39,34 @@ def fn_index(url: str, name: str) -> int:
     raise KeyError(f"no event named {name!r}")
 
 
+def page_client(url: str, **kwargs: Any) -> Any:
+    """A gradio_client Client that may also call the page's own events by name (/on_ask, ...).
+
+    The app turns API visibility off for every event but its documented endpoints, so a
+    plain Client refuses them; the browser still calls them through the same queue, and
+    this client does what the browser does, for tests and benchmarks of those handlers.
+    """
+    from gradio_client import Client
+
+    client = Client(url, verbose=False, **kwargs)
+    for dep in client.config["dependencies"]:
+        if dep.get("api_visibility") == "private" and dep.get("backend_fn"):
+            dep["api_visibility"] = "undocumented"
+    values = {c["id"]: c.get("props", {}).get("value") for c in client.config["components"]}
+    deps = {d.get("id", i): d for i, d in enumerate(client.config["dependencies"])}
+    for endpoint in client.endpoints.values():
+        if endpoint.backend_fn and not endpoint.is_valid:
+            endpoint.is_valid = True
+            # The API page describes no parameters of a private event: take each input's
+            # value on the page as its default, as the browser would send it.
+            inputs = deps[endpoint.fn_index]["inputs"]
+            endpoint.parameters_info = [
+                {"parameter_name": f"input_{i}", "parameter_has_default": True, "parameter_default": values.get(cid)}
+                for i, (cid, kind) in enumerate(zip(inputs, endpoint.input_component_types))
+                if not (kind.skip or kind.is_state)]
+    return client
+
+
 def upload(url: str, path: str | Path, mime: str = "image/png", data: bytes | None = None,
            cookies: Any = None) -> dict[str, Any]:
     """POST a file to the upload route; returns the FileData payload to put in `data`."""

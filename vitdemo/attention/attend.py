@@ -30,7 +30,7 @@ from vitdemo.attention.capture import (
     to_model,
 )
 from vitdemo.core.engine import KEEP
-from vitdemo.errors import UnsupportedModelError
+from vitdemo.errors import InputError, UnsupportedModelError
 from vitdemo.attention.layouts import build_layout
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,33 @@ def attend(engine: Any, images: Sequence[Image.Image], question: str, gen: Any =
     for event in stream_with_maps(engine, [{"role": "user", "content": content}], images, gen, settings):
         text, result, notice = event.text, event.result, event.notice
     return text.strip(), result, notice
+
+
+def attend_payload(answer: str, result: AttentionResult | None, notice: str | None) -> dict[str, Any]:
+    """What `attend --json` prints and the app's /attend returns: answer, tokens, grid,
+    boxes and each answer token's default map (see AttentionResult.to_json); without maps
+    (an unsupported model) the answer, empty lists and `notice` saying why."""
+    if result is None:
+        return {"answer": answer, "tokens": [], "grid": [], "maps": [], "notice": notice}
+    return result.to_json()
+
+
+def attend_json(engine: Any, images: Sequence[Image.Image], question: str, gen: Any = None) -> dict[str, Any]:
+    """attend() as the JSON object of attend_payload."""
+    return attend_payload(*attend(engine, images, question, gen))
+
+
+def attend_file(engine: Any, image_path: str | None, question: str | None, gen: Any = None,
+                max_pixels: int | None = None) -> dict[str, Any]:
+    """attend_json for one image file, with the Attention tab's checks (InputError/ImageError)."""
+    from vitdemo.core.images import DEFAULT_MAX_PIXELS, open_image
+
+    if not image_path:
+        raise InputError("give an image file to ask about")
+    if not (question or "").strip():
+        raise InputError("the question is empty: type a question about the image")
+    image = open_image(image_path, max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
+    return attend_json(engine, [image], str(question), gen)
 
 
 # ----------------------------------------------------------------------------- pictures

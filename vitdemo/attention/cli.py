@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from vitdemo.attention.attend import View, attend, export
+    from vitdemo.attention.attend import View, attend, attend_payload, export
     from vitdemo.chat.conversation import GenerationSettings, open_image
     from vitdemo.config import Settings
     from vitdemo.core.engine import Engine
@@ -76,9 +76,7 @@ def _run(args: argparse.Namespace) -> int:
         written = export(result, images, args.out, View(cmap=args.colormap, opacity=args.opacity))
         log.info("wrote %d files to %s", len(written), args.out)
     if args.json:
-        payload = result.to_json() if result is not None else {
-            "answer": answer, "tokens": [], "grid": [], "maps": [], "notice": notice}
-        print(json.dumps(payload))
+        print(json.dumps(attend_payload(answer, result, notice)))
     else:
         print(answer)
         if args.out and result is not None:

@@ -24,9 +24,9 @@ from vitdemo.config import Settings  # noqa: E402
 from vitdemo.core.engine import Engine  # noqa: E402
 from vitdemo.errors import InputError, VitdemoError  # noqa: E402
 from vitdemo.core.fallback import FALLBACK_DIRNAME  # noqa: E402
-from vitdemo.ui import adapter_choice  # noqa: E402
+from vitdemo.ui import adapter_choice, api  # noqa: E402
 from vitdemo.ui.attention import create_attention_tab  # noqa: E402
-from vitdemo.ui.chat import create_chat_tab  # noqa: E402
+from vitdemo.ui.chat import GENERATE_GROUP, create_chat_tab  # noqa: E402
 from vitdemo.ui.finetune import create_finetune_tab  # noqa: E402
 from vitdemo.ui.learn import create_learn_tab  # noqa: E402
 
@@ -84,8 +84,10 @@ def build_ui(settings: Settings | None = None, engine: Engine | None = None, *,
             create_finetune_tab(engine, settings, adapter_state)
         with gr.Tab("Learn"):
             create_learn_tab(engine, settings)
+        api.create_attend_endpoint(engine, settings, GENERATE_GROUP)  # /chat: the Chat tab's
         if not ready:
             demo.load(lambda: _header(engine), None, header, queue=False, show_progress="hidden")
+    api.restrict_api(demo)  # only the documented endpoints are on the API page
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=settings.concurrency)
     demo.vitdemo_engine = engine  # type: ignore[attr-defined]  # for tests and tabs
     return demo
