@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 _FLAGS = {
     "epochs": float, "rank": int, "alpha": float, "lr": float, "batch_size": int, "max_steps": int,
     "min_steps": int, "eval_fraction": float, "seed": int, "checkpoint_every": int, "dropout": float,
+    "retention_weight": float,
 }
 
 
@@ -46,6 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     for name, kind in _FLAGS.items():
         ft.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None,
                         help=f"FinetuneConfig.{name}")
+    ft.add_argument("--probe-prompt", dest="probe_prompts", action="append", default=None, metavar="QUESTION",
+                    help="a question the tuned model must keep answering as the base does (retention guard; "
+                         "repeat for several)")
     ft.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
                     help="any other FinetuneConfig field (JSON value), e.g. --set schedule=\"linear\"")
     ft.add_argument("--merge", type=Path, default=None, help="also write base+adapter merged into this folder")
@@ -61,6 +65,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--limit", type=int, default=0, help="evaluate at most this many records (0 = all)")
     ev.add_argument("--max-new-tokens", dest="eval_max_new_tokens", type=int, default=32)
+    ev.add_argument("--probes", type=int, default=160,
+                    help="with --adapter: probe questions for the forgetting report (base answers kept)")
     ev.add_argument("--json", action="store_true")
     add_arguments(ev, server=False)
     ev.set_defaults(func=run_eval)
@@ -76,6 +82,8 @@ def _config_from_args(args: argparse.Namespace) -> dict[str, Any]:
             cfg[name] = getattr(args, name)
     if args.train_projector:
         cfg["train_projector"] = True
+    if args.probe_prompts:
+        cfg["probe_prompts"] = args.probe_prompts
     for item in args.overrides:
         name, sep, raw = item.partition("=")
         if not sep:
@@ -193,13 +201,32 @@ def run_eval(args: argparse.Namespace) -> int:
             records = records[: args.limit]
         items = make_items(loaded.processor, records, encode=True)
         result = evaluate(model, loaded.processor, items, max_new_tokens=args.eval_max_new_tokens)
+        retention = forgetting_report(model, loaded.processor, items, args.probes) if settings.adapter else None
     out = {"model": source, "adapter": settings.adapter, "n": result.n, "exact_match": result.exact_match,
-           "loss": result.loss, "skipped_records": len(report.records) - len(report.good)}
+           "loss": result.loss, "skipped_records": len(report.records) - len(report.good), "retention": retention}
     if args.json:
         print(json.dumps(out, ensure_ascii=False))
     else:
         print(f"exact match {result.exact_match:.3f} on {result.n} records (loss {result.loss})")
+        if retention and retention["n"]:
+            print(f"base answers kept: {retention['agreement']:.1%} of {retention['n']} probe questions "
+                  f"({retention['probes']})")
     return 0
+
+
+def forgetting_report(model: Any, processor: Any, items: Any, n_probes: int) -> dict[str, Any]:
+    """Agreement of model+adapter with the base model (the adapter disabled) on probe questions
+    over the evaluated records' images."""
+    from vitdemo.finetune.evaluate import generate_answers
+    from vitdemo.finetune.retention import agreement_report, build_probes, is_classroom_model
+
+    classroom = is_classroom_model(model)
+    images = [it.images[0] for it in items if len(it.images) == 1]
+    with model.disable_adapter():  # the base model: the same weights, no second copy
+        probes = build_probes(model, processor, images, classroom=classroom, limit=n_probes, encode=False,
+                              exclude=[it.question for it in items])
+    after = generate_answers(model, processor, [p.item for p in probes], 48, 32)
+    return {**agreement_report(probes, after), "probes": "classroom question forms" if classroom else "generic prompts"}
 
 
 if __name__ == "__main__":  # pragma: no cover - use `python -m vitdemo finetune`

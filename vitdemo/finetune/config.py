@@ -6,12 +6,32 @@ service can build forms and job folders without importing torch.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from vitdemo.errors import InputError
 
 SCHEDULES = ("cosine", "linear", "constant")
+RETENTION_MODES = ("replay", "kl")
+PROBE_SETS = ("auto", "classroom", "generic")
+MAX_RETENTION_WEIGHT = 10.0  # above this the guard outweighs the upload and nothing new is learned
+MAX_PROMPT_CHARS = 300  # a probe prompt longer than this is a paste error, not a question
+MAX_USER_PROMPTS = 20  # user probe prompts; each is asked on every probe image
+
+
+def check_prompts(prompts: Any) -> list[str]:
+    """Problems with the user's probe prompts, each naming the prompt and what to do."""
+    if not isinstance(prompts, (list, tuple)):
+        return [f"probe_prompts must be a list of questions, got {type(prompts).__name__}"]
+    problems = []
+    if len(prompts) > MAX_USER_PROMPTS:
+        problems.append(f"{len(prompts)} probe prompts: at most {MAX_USER_PROMPTS}; keep the ones that matter most")
+    for i, p in enumerate(prompts, 1):
+        if not isinstance(p, str) or not p.strip():
+            problems.append(f"probe prompt {i} is empty: write a question the model answers today, or remove it")
+        elif len(p) > MAX_PROMPT_CHARS:
+            problems.append(f"probe prompt {i} has {len(p)} characters: at most {MAX_PROMPT_CHARS} (one question)")
+    return problems
 
 
 @dataclass
@@ -52,6 +72,14 @@ class FinetuneConfig:
     eval_every: int = 0  # held-out loss every N steps (0 = about 10 times per run)
     gradient_checkpointing: bool = False  # trade compute for memory (big models on small GPUs)
     time_limit_s: float = 0.0  # > 0: stop (and checkpoint) after this many seconds of training
+    # --- retention guard (vitdemo.finetune.retention): keep the base model's answers elsewhere ---
+    retention_weight: float = 1.0  # weight of the probe loss beside the upload's loss (0 = guard off)
+    retention_mode: str = "replay"  # replay: learn the base's own answers | kl: KL to the adapter-free base
+    probe_set: str = "auto"  # auto: classroom question forms on the classroom model, else generic prompts
+    probe_prompts: list[str] = field(default_factory=list)  # the user's own probe questions (asked on every image)
+    max_probes: int = 256  # probe (image, question) pairs drawn from the training images
+    probe_batch_size: int = 0  # probes per step beside each batch (0 = half of batch_size: measured enough)
+    report_probes: int = 160  # probes over held-out images for the forgetting report (0 = no report)
 
     def validate(self) -> None:
         checks = [
@@ -66,6 +94,17 @@ class FinetuneConfig:
             (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}"),
             (0 <= self.eval_fraction < 1, f"eval_fraction must be in [0, 1), got {self.eval_fraction}"),
         ]
+        checks += [
+            (0 <= self.retention_weight <= MAX_RETENTION_WEIGHT,
+             f"retention_weight must be in [0, {MAX_RETENTION_WEIGHT:g}] (0 turns the guard off), "
+             f"got {self.retention_weight}"),
+            (self.retention_mode in RETENTION_MODES, f"retention_mode must be one of {', '.join(RETENTION_MODES)}"),
+            (self.probe_set in PROBE_SETS, f"probe_set must be one of {', '.join(PROBE_SETS)}"),
+            (self.max_probes >= 1, f"max_probes must be >= 1, got {self.max_probes}"),
+            (self.probe_batch_size >= 0, f"probe_batch_size must be >= 0, got {self.probe_batch_size}"),
+            (self.report_probes >= 0, f"report_probes must be >= 0, got {self.report_probes}"),
+        ]
+        checks += [(False, problem) for problem in check_prompts(self.probe_prompts)]
         for ok, message in checks:
             if not ok:
                 raise InputError(message)

@@ -138,13 +138,16 @@ def run_job(job_dir: str | os.PathLike, *, resume: bool = False, stop: StopFlag 
             res = trainer.evaluate()
             after = res.as_dict()
             job.event({"event": "eval", "time": time.time(), "phase": "after", **after})
+            retention = trainer.retention_report()  # the forgetting report: base answers kept on held-out probes
+            job.event({"event": "retention", "time": time.time(), **retention})
             examples = [{
                 "id": it.id, "image": str(r.images[0]) if r.images else None, "question": it.question,
                 "reference": it.reference, "base": b, "tuned": t, "correct": exact_match(t, it.reference),
             } for it, r, b, t in zip(trainer.eval_items, held_records, before_full.get("answers", []), res.answers)]
         else:
-            examples = []
+            examples, retention = [], None
         summary = _summary(trainer, before, after, time.perf_counter() - started)
+        summary["retention"] = retention
         summary["adapter"] = str(job.adapter_dir) if status == "completed" else None
         ckpt = job.latest_checkpoint()
         summary["checkpoint"] = str(ckpt) if ckpt else None

@@ -15,6 +15,7 @@ from vitdemo.finetune.data.records import DataLimits, DatasetReport, ingest_uplo
 from vitdemo.finetune.data.formats import ParseLimits
 from vitdemo.errors import DatasetError, InputError
 from vitdemo.finetune.config import FinetuneConfig
+from vitdemo.finetune.forgetting import retention_notes, retention_row
 from vitdemo.finetune.jobs import Job, list_jobs, new_job, open_job, prune_jobs, running_job, start_job, stop_job
 
 logger = logging.getLogger(__name__)
@@ -231,8 +232,9 @@ def results_markdown(results: dict[str, Any] | None) -> str:
 
     return (f"| held-out ({b['n']} examples) | before | after |\n|---|---|---|\n"
             f"| exact match | {pct(b['exact_match'])} | {pct(a.get('exact_match'))} |\n"
-            f"| loss | {num(b['loss'])} | {num(a.get('loss'))} |\n\n"
-            f"{s['steps']} steps, {s['seconds']} s of training, final train loss {num(s['train_loss'])}.")
+            f"| loss | {num(b['loss'])} | {num(a.get('loss'))} |\n" + retention_row(s.get("retention")) + "\n"
+            f"{s['steps']} steps, {s['seconds']} s of training, final train loss {num(s['train_loss'])}."
+            + ("\n\n" + retention_notes(s.get("retention")) if s.get("retention") else ""))
 
 
 def job_choices(settings: Any) -> list[tuple[str, str]]:

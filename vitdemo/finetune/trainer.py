@@ -7,7 +7,9 @@
 - `Trainer`: own loop (AdamW, warm-up + cosine/linear schedule, gradient clipping) driven
   by accelerate.Accelerator (so `accelerate launch` spreads it over GPUs), answer-only
   loss, held-out loss during training, atomic adapter-only checkpoints with optimizer and
-  scheduler state, resume, graceful stop, before/after evaluation.
+  scheduler state, resume, graceful stop, before/after evaluation, and the retention guard
+  (vitdemo.finetune.retention: a probe batch of the base model's own answers beside every
+  batch, on by default) with its forgetting report (`Trainer.retention_report`).
 - `merge_adapter`, `zip_adapter`: export.
 Progress goes to a callback as JSON-able events (the job runner writes progress.jsonl).
 """
@@ -31,7 +33,7 @@ import torch
 from vitdemo.finetune.data.formats import Record
 from vitdemo.errors import InputError, VitdemoError
 from vitdemo.finetune.config import SCHEDULES, FinetuneConfig  # noqa: F401 - re-exported
-from vitdemo.finetune.evaluate import EvalItem, EvalResult, eval_loss, evaluate
+from vitdemo.finetune.evaluate import EvalItem, EvalResult, eval_loss, evaluate, generate_answers
 from vitdemo.finetune.sft import IGNORE_INDEX, collate, encode_conversation
 
 logger = logging.getLogger(__name__)
@@ -248,6 +250,7 @@ class Trainer:
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         self.state = TrainState(total_steps=self.planned_steps(len(self.train_items)))
         self.new_tokens = new_answer_tokens(model, self.train_items, self.pad_id, cfg) if cfg.train_new_tokens else []
+        self._build_probes(model)  # the base model's own answers, before LoRA touches anything
         self.model = attach_lora(model, cfg, self.new_tokens)
         self.model.train()
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
@@ -259,6 +262,53 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = self._make_scheduler()
         self.model, self.optimizer = self.acc.prepare(self.model, self.optimizer)
+
+    # --- retention guard ---
+    def _build_probes(self, model: Any) -> None:
+        """Probes over the training images (the guard) and over held-out images (the report)."""
+        from vitdemo.finetune.retention import build_probes, is_classroom_model
+
+        cfg = self.cfg
+        started = time.perf_counter()
+        self.classroom_probes = cfg.probe_set == "classroom" or (cfg.probe_set == "auto" and is_classroom_model(model))
+        taught = [it.question for it in self.train_items]
+        common = dict(classroom=self.classroom_probes, user_prompts=cfg.probe_prompts, exclude=taught,
+                      max_new_tokens=max(cfg.max_new_tokens, 48))
+        single = lambda items: [it.images[0] for it in items if len(it.images) == 1]  # noqa: E731 - probes ask about one image
+        self.probes = build_probes(model, self.processor, single(self.train_items), limit=cfg.max_probes,
+                                   seed=cfg.seed, **common) if cfg.retention_weight > 0 else []
+        self.report_probes = build_probes(model, self.processor, single(self.eval_items), limit=cfg.report_probes,
+                                          seed=cfg.seed + 1, encode=False, **common) if cfg.report_probes else []
+        self.probe_seconds = time.perf_counter() - started
+        if cfg.retention_weight > 0 and not self.probes:
+            logger.warning("retention guard: no probe could be asked (no single-image training records)")
+
+    def _probe_indices(self, step: int) -> list[int]:
+        """This process's probes for optimizer step `step`: a seeded walk over all probes."""
+        n = len(self.probes)
+        per_proc = self.cfg.probe_batch_size or max(1, self.cfg.batch_size // 2)
+        per_step = per_proc * self.acc.num_processes
+        start = step * per_step
+        out = []
+        for k in range(start, start + per_step):
+            rnd, pos = divmod(k, n)
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.seed * 1000 + 7 + rnd)).tolist()
+            out.append(order[pos])
+        return out[self.acc.process_index::self.acc.num_processes]
+
+    def retention_report(self) -> dict[str, Any]:
+        """The tuned model's answers to the held-out probes vs the base model's (agreement)."""
+        from vitdemo.finetune.retention import agreement_report
+
+        cfg = self.cfg
+        after = generate_answers(self.unwrapped(), self.processor, [p.item for p in self.report_probes],
+                                 max(cfg.max_new_tokens, 48), max(cfg.batch_size, 32)) if self.report_probes else []
+        report = agreement_report(self.report_probes, after)
+        report.update(guard=("off" if cfg.retention_weight == 0 else cfg.retention_mode),
+                      weight=cfg.retention_weight, n_guard_probes=len(self.probes),
+                      probes="classroom question forms" if self.classroom_probes else "generic prompts",
+                      probe_seconds=round(self.probe_seconds, 2))
+        return report
 
     # --- plan ---
     def steps_per_epoch(self, n_train: int) -> int:
@@ -372,15 +422,24 @@ class Trainer:
                 break
             t0 = time.perf_counter()
             micro_batches = self._batch_indices(self.state.step)
-            step_loss = 0.0
+            step_loss, guard_loss = 0.0, 0.0  # the upload's loss (the curve) and the guard's, apart
             for idx in micro_batches:
                 batch = collate([self.train_items[i].encoded for i in idx], self.pad_id)
                 batch = {k: v.to(device) for k, v in batch.items()}
                 loss = self.model(**batch).loss / len(micro_batches)
                 self.acc.backward(loss)
                 step_loss += float(loss.detach())
-            if not math.isfinite(step_loss):
-                raise VitdemoError(f"the loss became {step_loss} at step {self.state.step + 1}: lower the learning "
+            if self.probes:  # the retention guard: the base model's answers beside the upload
+                from vitdemo.finetune.retention import probe_loss
+
+                batch = collate([self.probes[i].item.encoded for i in self._probe_indices(self.state.step)],
+                                self.pad_id)
+                batch = {k: v.to(device) for k, v in batch.items()}
+                guard = probe_loss(self.model, batch, self.cfg.retention_mode) * self.cfg.retention_weight
+                self.acc.backward(guard)
+                guard_loss = float(guard.detach())
+            if not math.isfinite(step_loss + guard_loss):
+                raise VitdemoError(f"the loss became {step_loss + guard_loss} at step {self.state.step + 1}: lower the learning "
                                    f"rate (now {self.cfg.lr:g})")
             if self.cfg.max_grad_norm > 0:
                 self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
@@ -392,6 +451,7 @@ class Trainer:
             self.state.train_seconds = base_seconds + (time.perf_counter() - run_start)
             n_seen = self.state.step * self.cfg.batch_size * self.cfg.grad_accum * self.acc.num_processes
             self.emit("step", step=self.state.step, total_steps=total, loss=round(step_loss, 5),
+                      **({"guard_loss": round(guard_loss, 5)} if self.probes else {}),
                       lr=self.scheduler.get_last_lr()[0], seconds=round(time.perf_counter() - t0, 4),
                       elapsed=round(self.state.train_seconds, 2), epoch=round(n_seen / len(self.train_items), 3))
             if self.eval_items and (self.state.step % eval_every == 0 or self.state.step == total):

@@ -18,6 +18,7 @@ from vitdemo.finetune import service as svc
 from vitdemo.chat.conversation import GenerationSettings, answer, open_image, user_message
 from vitdemo.errors import VitdemoError
 from vitdemo.finetune.config import FinetuneConfig
+from vitdemo.finetune.forgetting import prompts_from_text
 from vitdemo.ui import adapter_choice
 
 logger = logging.getLogger(__name__)
@@ -99,6 +100,11 @@ def create_finetune_tab(engine: Any, settings: Any, adapter_state: gr.State | No
                 eval_frac = gr.Slider(0.0, 0.5, value=DEFAULTS.eval_fraction, step=0.05, label="held-out share")
                 dropout = gr.Slider(0.0, 0.5, value=DEFAULTS.dropout, step=0.05, label="LoRA dropout")
                 projector = gr.Checkbox(value=DEFAULTS.train_projector, label="also train the projector")
+            with gr.Accordion("Keep what the model knew (retention guard)", open=False):
+                guard_weight = gr.Slider(0, 10, value=DEFAULTS.retention_weight, step=0.5, elem_id="ft-guard",
+                                         label="retention weight (0 = off): the base model's own answers train beside yours")
+                probe_text = gr.Textbox(lines=3, label="questions it must keep answering (one per line; optional)",
+                                        elem_id="ft-probes")
             drop_bad = gr.Checkbox(False, label="drop bad records (train on the good ones)", elem_id="ft-drop")
             with gr.Row():
                 start_btn = gr.Button("Start", variant="primary", interactive=False, elem_id="ft-start")
@@ -165,12 +171,13 @@ def create_finetune_tab(engine: Any, settings: Any, adapter_state: gr.State | No
                             columns=["image file", "instruction", "answer"])
 
     def on_start(result: Any, drop: bool, r: float, a: float, rate: float, ep: float, ms: float, bs: float,
-                 ef: float, do: float, proj: bool) -> tuple:
+                 ef: float, do: float, proj: bool, gw: float, probes: str) -> tuple:
         if result is None:
             raise gr.Error("check the data first", print_exception=False)
         config = {"rank": int(r), "alpha": float(a), "lr": float(rate), "epochs": float(ep),
                   "min_steps": int(ms), "batch_size": int(bs), "eval_fraction": float(ef), "dropout": float(do),
-                  "train_projector": bool(proj)}
+                  "train_projector": bool(proj), "retention_weight": float(gw),
+                  "probe_prompts": prompts_from_text(probes)}
         try:
             job = svc.start_checked(engine, settings, result, config, drop)
         except VitdemoError as err:
@@ -257,7 +264,7 @@ def create_finetune_tab(engine: Any, settings: Any, adapter_state: gr.State | No
                           [checked, report_md, gallery, problems, start_btn])
     pair_images.upload(on_pair_images, [pair_images, pairs], [pairs])
     start_btn.click(on_start, [checked, drop_bad, rank, alpha, lr, epochs, min_steps, batch, eval_frac, dropout,
-                               projector], [job_id, timer, start_btn, stop_btn])
+                               projector, guard_weight, probe_text], [job_id, timer, start_btn, stop_btn])
     timer.tick(on_tick, [job_id], tick_outputs, show_progress="hidden")
     stop_btn.click(on_stop, [job_id], None)
     resume_btn.click(on_resume, [job_id], [timer, resume_btn])
