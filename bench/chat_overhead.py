@@ -37,6 +37,7 @@ def main() -> None:
     from vitdemo.config import setup_logging
     from vitdemo.paths import EXAMPLES_DIR
     from vitdemo.core.engine import Engine
+    from vitdemo.core.images import open_image
     from vitdemo.core.loading import load_model, resolve_model_source
 
     setup_logging()
@@ -44,7 +45,7 @@ def main() -> None:
     engine = Engine(load_model(source))
     model, n = engine.model, args.tokens
     model.generation_config.min_new_tokens = n  # same token count on both paths
-    image = conversation.open_image(str(sorted(EXAMPLES_DIR.glob("*.png"))[0]))
+    image = open_image(str(sorted(EXAMPLES_DIR.glob("*.png"))[0]))
     conv = [conversation.user_message("How many shapes are there?", 1)]
     gen = conversation.GenerationSettings(max_new_tokens=n)
 

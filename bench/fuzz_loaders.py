@@ -30,7 +30,7 @@ from hypothesis import strategies as st  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from vitdemo.finetune.data.archive import ArchiveLimits, extract_zip  # noqa: E402
-from vitdemo.finetune.data.records import open_image  # noqa: E402
+from vitdemo.core.images import open_image  # noqa: E402
 from vitdemo.finetune.data.formats import ParseLimits, parse_annotation_text  # noqa: E402
 from vitdemo.errors import DatasetError, ImageError  # noqa: E402
 

@@ -69,6 +69,7 @@ def run_ask(args: argparse.Namespace) -> int:
     from vitdemo.chat import conversation
     from vitdemo.config import Settings
     from vitdemo.core.engine import Engine
+    from vitdemo.core.images import open_image
     from vitdemo.errors import InputError
 
     settings = Settings.from_args(args)
@@ -76,7 +77,7 @@ def run_ask(args: argparse.Namespace) -> int:
         raise InputError("--question is empty")
     if len(args.image) > settings.max_images_per_message:
         raise InputError(f"{len(args.image)} images; the limit is {settings.max_images_per_message}")
-    images = [conversation.open_image(str(p), max_pixels=settings.max_image_pixels) for p in args.image]
+    images = [open_image(str(p), max_pixels=settings.max_image_pixels) for p in args.image]
     gen = conversation.GenerationSettings(max_new_tokens=args.ask_max_new_tokens, temperature=args.temperature,
                                   top_p=args.top_p, seed=args.seed)
     gen.validate()

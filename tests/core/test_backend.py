@@ -14,6 +14,7 @@ from PIL import Image
 
 from vitdemo.chat import conversation
 from vitdemo.core.engine import KEEP, Engine
+from vitdemo.core.images import open_image
 from vitdemo.errors import BusyError, GenerationError, ImageError, InputError, ModelLoadError
 from vitdemo.core.loading import load_model
 
@@ -190,10 +191,10 @@ def test_open_image_rejects_non_images(tmp_path: Path) -> None:
     bad = tmp_path / "notes.png"
     bad.write_text("this is not a png")
     with pytest.raises(ImageError, match="notes.png"):
-        conversation.open_image(str(bad))
+        open_image(str(bad))
     good = tmp_path / "rgba.png"
     Image.new("RGBA", (10, 12), (255, 0, 0, 128)).save(good)
-    img = conversation.open_image(str(good))
+    img = open_image(str(good))
     assert img.mode == "RGB" and img.size == (10, 12)
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vitdemo.finetune.data.records import open_image
+from vitdemo.core.images import open_image
 from vitdemo.errors import ImageError
 
 

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from vitdemo.finetune.data.records import open_image
+from vitdemo.core.images import open_image
 from vitdemo.finetune.data.formats import ParseLimits, parse_annotation_text
 from vitdemo.errors import DatasetError, ImageError
 

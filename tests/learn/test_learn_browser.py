@@ -59,7 +59,7 @@ def test_section2_contrastive_picks_a_caption(learn_page, artifacts_dir):
     from transformers import AutoProcessor
 
     from vitdemo.classroom.report import load_contrastive
-    from vitdemo.learn.contrastive import match_captions
+    from vitdemo.classroom.zero_shot import match_captions
 
     image = Image.open(sorted((CLASSROOM_MODEL_DIR / "examples").glob("*.png"))[0]).convert("RGB")
     match = match_captions(load_contrastive(CLASSROOM_MODEL_DIR), AutoProcessor.from_pretrained(CLASSROOM_MODEL_DIR), [image], texts)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vitdemo.learn.contrastive import match_captions
+from vitdemo.classroom.zero_shot import match_captions
 from vitdemo.learn.inside import walk_through_head
 
 

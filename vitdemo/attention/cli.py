@@ -54,9 +54,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from vitdemo.attention.attend import View, attend, attend_payload, export
-    from vitdemo.chat.conversation import GenerationSettings, open_image
+    from vitdemo.chat.conversation import GenerationSettings
     from vitdemo.config import Settings
     from vitdemo.core.engine import Engine
+    from vitdemo.core.images import open_image
     from vitdemo.errors import InputError
     from vitdemo.attention.heatmaps import colormap
 
@@ -65,8 +66,8 @@ def _run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.opacity <= 1.0:
         raise InputError(f"--opacity {args.opacity} must be between 0 and 1")
     colormap(args.colormap)  # a bad name fails before the model loads
-    images = [open_image(str(p)) for p in args.image]
     settings = Settings.from_args(args)
+    images = [open_image(str(p), max_pixels=settings.max_image_pixels) for p in args.image]
     engine = Engine.from_settings(settings)
     gen = GenerationSettings(max_new_tokens=args.attend_max_new_tokens)
     answer, result, notice = attend(engine, images, args.question, gen)

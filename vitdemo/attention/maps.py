@@ -70,7 +70,7 @@ def middle_layers(n_layers: int) -> tuple[int, ...]:
 # The default map: the answer token's attention to the image tokens in the middle third of
 # the decoder's layers, averaged over heads and renormalised over the image tokens (heads
 # weighted by how much they look at the image). Chosen with the pointing game
-# (vitdemo/pointing.py) on the shipped classroom model, on validation scenes (seed
+# (vitdemo/attention/pointing.py) on the shipped classroom model, on validation scenes (seed
 # HELD_OUT_SEED + 7, not the reported held-out set): middle layer 90%, all layers 84%,
 # first or last layer alone 28-30%, single heads <= 67%. Earlier checkpoints had compared
 # all layers with rollout, value-norm weighting and gradient relevancy: none beat it.
@@ -268,9 +268,3 @@ def rollout(layer_attn: list[np.ndarray], residual: float = 0.5) -> np.ndarray:
         result = rollout_step(result, attn, residual)
     return result
 
-
-def pointing_game(model: Any, processor: Any, items: Any, **kwargs: Any) -> dict[str, Any]:
-    """See vitdemo.pointing.pointing_game (re-exported here for the classroom evaluation)."""
-    from vitdemo.attention.pointing import pointing_game as run
-
-    return run(model, processor, items, **kwargs)

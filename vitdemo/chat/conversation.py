@@ -14,7 +14,6 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from typing import Any, Iterator, Sequence
 
 from vitdemo.core import gen_thread
 from vitdemo.core.engine import KEEP, Engine
-from vitdemo.errors import GenerationError, ImageError, InputError, VitdemoError
+from vitdemo.errors import GenerationError, InputError, VitdemoError
 
 logger = logging.getLogger(__name__)
 
@@ -76,56 +75,6 @@ class AnswerStats:
     total_s: float = 0.0
     stopped: bool = False  # the stop event ended generation early
     pieces: list[str] = field(default_factory=list, repr=False)
-
-
-# --- images ---------------------------------------------------------------------------
-
-def open_image(src: Any, max_pixels: int | None = None):
-    """Sanitised RGB PIL image via vitdemo.data.open_image, or a private fallback until it lands."""
-    from PIL import Image
-
-    if isinstance(src, Image.Image):
-        return _open_image_fallback(src, max_pixels)
-    try:
-        from vitdemo.finetune.data.records import open_image as data_open_image
-    except ImportError:
-        return _open_image_fallback(src, max_pixels)
-    if max_pixels is None:
-        return data_open_image(src)
-    return data_open_image(src, max_pixels=max_pixels)
-
-
-def _open_image_fallback(src: Any, max_pixels: int | None = None):
-    """Open a path, bytes or PIL image as RGB; ImageError for anything that is not an image."""
-    import io
-
-    from PIL import Image, UnidentifiedImageError
-
-    if isinstance(src, Image.Image):
-        image = src
-    else:
-        name = os.path.basename(str(src)) if isinstance(src, (str, os.PathLike)) else "upload"
-        try:
-            image = Image.open(io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else src)
-            if max_pixels is not None and image.width * image.height > max_pixels:
-                raise ImageError(
-                    f"{name} is {image.width}x{image.height} = {image.width * image.height} pixels, "
-                    f"above the limit of {max_pixels}; resize it first"
-                )
-            image.load()
-        except ImageError:
-            raise
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
-            raise ImageError(f"{name} is not an image that can be opened ({type(err).__name__})") from None
-    if image.mode != "RGB":
-        if image.mode in ("RGBA", "LA", "P"):
-            image = image.convert("RGBA")
-            background = Image.new("RGB", image.size, (255, 255, 255))
-            background.paste(image, mask=image.getchannel("A"))
-            image = background
-        else:
-            image = image.convert("RGB")
-    return image
 
 
 # --- conversations --------------------------------------------------------------------
@@ -186,7 +135,7 @@ def build_inputs(processor: Any, conversation: Sequence[Message], images: Sequen
     return inputs
 
 
-def _to_model(inputs: Any, model: Any) -> Any:
+def to_model(inputs: Any, model: Any) -> Any:
     """Move tensors to the model's device; floating ones (pixels) to its compute dtype."""
     import torch
 
@@ -334,7 +283,7 @@ def stream_answer(
     def work() -> None:
         try:
             model = engine.model
-            kwargs = _to_model(inputs, model)
+            kwargs = to_model(inputs, model)
             if gen.seed is not None:
                 torch.manual_seed(gen.seed)
             with torch.inference_mode():

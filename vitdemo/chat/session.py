@@ -15,6 +15,7 @@ from typing import Any, Iterator, Sequence
 
 from vitdemo.chat import conversation
 from vitdemo.core.engine import KEEP, Engine
+from vitdemo.core.images import DEFAULT_MAX_PIXELS, open_image
 from vitdemo.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -60,7 +61,8 @@ class ChatSession:
             raise InputError("the message is empty: type a question" + (" about the image" if files else ""))
         if len(files) > max_images:
             raise InputError(f"{len(files)} images in one message; the limit is {max_images}")
-        images = [conversation.open_image(path, max_pixels=max_pixels) for path in files]
+        limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+        images = [open_image(path, max_pixels=limit) for path in files]
         turn = Turn(text=text, image_paths=files, images=images)
         self.turns.append(turn)
         return turn

@@ -1,5 +1,5 @@
 """Scoring the classroom model on held-out scenes: exact match per question form,
-descriptions, zero-shot caption matching.
+descriptions, zero-shot caption matching, and the pointing game's items.
 
 Held-out scenes come from seeds the training never draws from (training uses seeds
 below HELD_OUT_SEED).
@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-import torch
-from PIL import Image
 
+from vitdemo.attention.pointing import PointingItem
+from vitdemo.chat.batch_answer import answer_batch
 from vitdemo.classroom import scenes
-from vitdemo.learn.contrastive import match_captions
+from vitdemo.classroom.zero_shot import match_captions
 
 log = logging.getLogger(__name__)
 
@@ -24,50 +25,40 @@ HELD_OUT_SEED = 1_000_003
 
 
 @dataclass
-class EvalItem:
+class SceneQuestion:
+    """One held-out question about a generated scene (its answer and target in `qa`)."""
+
     scene: scenes.Scene
     qa: scenes.QA
 
 
-def held_out_items(n_scenes: int, seed: int = HELD_OUT_SEED, size: int = 192) -> list[EvalItem]:
+def held_out_items(n_scenes: int, seed: int = HELD_OUT_SEED, size: int = 192) -> list[SceneQuestion]:
     """Every canonical question form that applies, for each held-out scene."""
     rng = np.random.default_rng(seed)
-    items: list[EvalItem] = []
+    items: list[SceneQuestion] = []
     for _ in range(n_scenes):
         scene = scenes.generate_scene(rng, size=size)
         if rng.random() < 0.3:  # uploads are often JPEGs
             scene.image = scenes.jpeg_roundtrip(scene.image, int(rng.integers(40, 90)))
-        items += [EvalItem(scene, qa) for qa in scenes.questions_for(scene, rng, canonical=True)]
+        items += [SceneQuestion(scene, qa) for qa in scenes.questions_for(scene, rng, canonical=True)]
     return items
 
 
-@torch.inference_mode()
-def answer_batch(model, processor, images: list[Image.Image], questions: list[str],
-                 max_new_tokens: int = 40, batch_size: int = 32) -> list[str]:
-    """Greedy answers, one image and one question each, batched with left padding."""
-    tok = processor.tokenizer
-    answers: list[str] = []
-    old_side = tok.padding_side
-    tok.padding_side = "left"
-    try:
-        for start in range(0, len(questions), batch_size):
-            qs = questions[start:start + batch_size]
-            ims = images[start:start + batch_size]
-            prompts = [processor.apply_chat_template(
-                [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}],
-                add_generation_prompt=True) for q in qs]
-            inputs = processor(images=ims, text=prompts, return_tensors="pt", padding=True)
-            inputs = inputs.to(model.device)
-            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-            new = out[:, inputs["input_ids"].shape[1]:]  # (B, generated)
-            answers += [a.strip() for a in tok.batch_decode(new, skip_special_tokens=True)]
-    finally:
-        tok.padding_side = old_side
-    return answers
+def cell_box(cell: int, size: tuple[int, int], n: int = 3) -> tuple[float, float, float, float]:
+    """Box (x0, y0, x1, y1) of cell `cell` (row-major) of an n x n grid over an image of (width, height)."""
+    row, col = divmod(cell, n)
+    w, h = size[0] / n, size[1] / n
+    return (col * w, row * h, (col + 1) * w, (row + 1) * h)
 
 
-def score_answers(items: list[EvalItem], answers: list[str]) -> dict:
+def pointing_items(items: list[SceneQuestion]) -> list[PointingItem]:
+    """The pointing game's items: each question about one object, whose scene cell is the target
+    (the attention map's peak must land in the asked object's cell), grouped by question form."""
+    return [PointingItem(i.scene.image, i.qa.question, cell_box(i.scene.objects[i.qa.target].cell, i.scene.image.size),
+                         group=i.qa.form) for i in items if i.qa.target is not None]
+
+
+def score_answers(items: list[SceneQuestion], answers: list[str]) -> dict:
     """Exact match overall and per form; for descriptions also 'every object named'."""
     hits: dict[str, list[bool]] = defaultdict(list)
     described: list[bool] = []
@@ -85,7 +76,8 @@ def score_answers(items: list[EvalItem], answers: list[str]) -> dict:
     }
 
 
-def evaluate_answers(model, processor, n_scenes: int, seed: int = HELD_OUT_SEED) -> dict:
+def evaluate_answers(model: Any, processor: Any, n_scenes: int, seed: int = HELD_OUT_SEED) -> dict:
+    """Greedy answers to every held-out question, scored (`score_answers`)."""
     items = held_out_items(n_scenes, seed)
     answers = answer_batch(model, processor, [i.scene.image for i in items],
                            [i.qa.question for i in items])
@@ -109,7 +101,7 @@ def caption_candidates(scene: scenes.Scene, rng: np.random.Generator, n: int = 5
     return out
 
 
-def evaluate_zero_shot(clip, processor, n_scenes: int, seed: int = HELD_OUT_SEED + 1, hard: bool = False) -> float:
+def evaluate_zero_shot(clip: Any, processor: Any, n_scenes: int, seed: int = HELD_OUT_SEED + 1, hard: bool = False) -> float:
     """Top-1 accuracy of picking the true caption among 5 (hard: near-miss captions)."""
     rng = np.random.default_rng(seed)
     hits = []

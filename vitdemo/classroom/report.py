@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from vitdemo.attention.pointing import pointing_game
 from vitdemo.classroom import evaluate
 
 log = logging.getLogger(__name__)
@@ -38,12 +39,7 @@ def evaluate_classroom(folder: Path, n_scenes: int = 500, seed: int | None = Non
     report["zero_shot_top1"] = evaluate.evaluate_zero_shot(load_contrastive(folder), processor,
                                                            n_scenes, seed + 1)
     if pointing:
-        try:
-            from vitdemo.attention.maps import pointing_game
-        except ImportError:  # attention maps not available in this build
-            log.warning("vitdemo.attention.pointing_game is missing: pointing game skipped")
-        else:
-            items = [i for i in evaluate.held_out_items(n_scenes, seed) if i.qa.target is not None]
-            report["pointing_game"] = pointing_game(model, processor, items)
+        items = evaluate.pointing_items(evaluate.held_out_items(n_scenes, seed))
+        report["pointing_game"] = pointing_game(model, processor, items)
     report["seconds"] = round(time.time() - start, 1)
     return report

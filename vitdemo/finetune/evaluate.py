@@ -7,14 +7,14 @@ template, exactly as the chat tab would ask.
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
 
-from vitdemo.finetune.sft import IGNORE_INDEX, collate, encode_prompt, exact_match
+from vitdemo.chat.batch_answer import greedy_answers
+from vitdemo.finetune.sft import IGNORE_INDEX, collate, exact_match, prompt_part
 
 logger = logging.getLogger(__name__)
 
@@ -82,61 +82,11 @@ def eval_loss(model: Any, items: Sequence[EvalItem], pad_token_id: int, batch_si
     return total / max(count, 1)
 
 
-def _generation_config(model: Any, max_new_tokens: int) -> Any:
-    gc = copy.deepcopy(model.generation_config)
-    gc.max_new_tokens = max_new_tokens
-    gc.do_sample = False
-    gc.num_beams = 1
-    for name in ("temperature", "top_p", "top_k"):
-        setattr(gc, name, None)
-    # A base model's suppressed tokens (e.g. non-ASCII bytes) must not forbid what the data
-    # teaches. An empty list, not None: generate() fills None from the model's own config.
-    gc.suppress_tokens = []
-    gc.begin_suppress_tokens = []
-    return gc
-
-
-@torch.no_grad()
 def generate_answers(model: Any, processor: Any, items: Sequence[EvalItem], max_new_tokens: int = 32,
                      batch_size: int = 8) -> list[str]:
-    """Greedy answers to each item's last question (left-padded batches; one by one on failure)."""
-    was_training = model.training
-    model.eval()
-    tokenizer = processor.tokenizer
-    old_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    gc = _generation_config(model, max_new_tokens)
-    device = model_device(model)
-    answers: list[str] = []
-    try:
-        for start in range(0, len(items), batch_size):
-            chunk = items[start:start + batch_size]
-            try:
-                answers.extend(_generate_batch(model, processor, chunk, gc, device))
-            except (ValueError, RuntimeError) as exc:
-                if len(chunk) == 1:
-                    raise
-                logger.debug("batched generation failed (%s); one by one", exc)
-                for it in chunk:
-                    answers.extend(_generate_batch(model, processor, [it], gc, device))
-    finally:
-        tokenizer.padding_side = old_side
-        model.train(was_training)
-    return answers
-
-
-def _generate_batch(model: Any, processor: Any, items: Sequence[EvalItem], gc: Any, device: torch.device) -> list[str]:
-    prompts, images = zip(*(encode_prompt(processor, it.messages, it.images) for it in items))
-    kwargs: dict[str, Any] = {"text": list(prompts), "return_tensors": "pt", "padding": True}
-    if any(images):
-        if not all(images):
-            raise ValueError("batch mixes items with and without images")
-        kwargs["images"] = [list(im) for im in images]
-    enc = processor(**kwargs)
-    enc = {k: v.to(device) for k, v in enc.items()}
-    out = model.generate(**enc, generation_config=gc)  # (B, T_prompt + new)
-    new = out[:, enc["input_ids"].shape[1]:]
-    return [t.strip() for t in processor.tokenizer.batch_decode(new, skip_special_tokens=True)]
+    """Greedy answers to each item's last question (the conversation up to its last answer)."""
+    prompts = [prompt_part(it.messages, it.images) for it in items]
+    return greedy_answers(model, processor, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
 
 
 def evaluate(model: Any, processor: Any, items: Sequence[EvalItem], *, max_new_tokens: int = 32,

@@ -77,12 +77,10 @@ def encode_conversation(processor: Any, messages: list[dict], images: Sequence[A
     return {"input_ids": ids, "labels": labels, "extra": enc}
 
 
-def encode_prompt(processor: Any, messages: list[dict], images: Sequence[Any]) -> tuple[str, list[Any]]:
-    """(prompt text up to the last answer, images it uses) for generation."""
+def prompt_part(messages: list[dict], images: Sequence[Any]) -> tuple[list[dict], list[Any]]:
+    """(the messages before the last answer, the images they use): what to answer for evaluation."""
     last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-    prompt_msgs = messages[:last]
-    k = _n_images(prompt_msgs)
-    return render(processor, prompt_msgs, add_generation_prompt=True), list(images[:k])
+    return messages[:last], list(images[:_n_images(messages[:last])])
 
 
 def _pad_to(t: torch.Tensor, dim: int, size: int, value: float) -> torch.Tensor:

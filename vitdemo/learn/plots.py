@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from vitdemo.learn.contrastive import CaptionMatch  # noqa: E402
+from vitdemo.classroom.zero_shot import CaptionMatch  # noqa: E402
 from vitdemo.learn.inside import HeadWalkthrough  # noqa: E402
 from vitdemo.learn.stages import StageRecord  # noqa: E402
 

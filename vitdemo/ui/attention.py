@@ -13,7 +13,7 @@ import gradio as gr
 
 from vitdemo.attention import view as av
 from vitdemo.attention.attend import View, stream_with_maps
-from vitdemo.finetune.data.records import open_image
+from vitdemo.core.images import open_image
 from vitdemo.errors import VitdemoError
 from vitdemo.attention.heatmaps import COLORMAPS, DEFAULT_COLORMAP
 from vitdemo.core.images import DEFAULT_MAX_PIXELS

@@ -15,7 +15,8 @@ import gradio as gr
 import pandas as pd
 
 from vitdemo.finetune import service as svc
-from vitdemo.chat.conversation import GenerationSettings, answer, open_image, user_message
+from vitdemo.chat.conversation import GenerationSettings, answer, user_message
+from vitdemo.core.images import open_image
 from vitdemo.errors import VitdemoError
 from vitdemo.finetune.config import FinetuneConfig
 from vitdemo.finetune.forgetting import prompts_from_text

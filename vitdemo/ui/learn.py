@@ -19,8 +19,9 @@ from vitdemo import learn
 from vitdemo.errors import VitdemoError
 from vitdemo.learn import fewshot, stages
 from vitdemo.paths import EXAMPLES_DIR
+from vitdemo.ui.components import image_input
 
-# vitdemo.learn.inside / .contrastive (torch) and .plots (matplotlib) are imported in the
+# vitdemo.learn.inside, vitdemo.classroom.zero_shot (torch) and .plots (matplotlib) are imported in the
 # handlers: building the page must not wait for them (the startup benchmark counts it).
 
 log = logging.getLogger(__name__)
@@ -59,11 +60,6 @@ PRESENT_JS = """
   return on;
 }
 """
-
-
-def image_input(value: str | None) -> gr.Image:
-    """The image picker every section uses (a file path, opened safely on use)."""
-    return gr.Image(value=value, type="filepath", label="Image", height=220, sources=["upload", "clipboard"])
 
 
 @contextlib.contextmanager
@@ -157,7 +153,8 @@ def _inside(engine: Any, image_path: str, question: str, layer: int, head: int, 
 
 def _contrastive(engine: Any, image_path: str, captions_text: str):
     from vitdemo.learn import plots
-    from vitdemo.learn.contrastive import match_captions
+    from vitdemo.classroom.zero_shot import match_captions
+
     image = _open(image_path)
     captions = [c.strip() for c in captions_text.splitlines() if c.strip()]
     if len(captions) < 2:

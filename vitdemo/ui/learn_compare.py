@@ -30,7 +30,7 @@ def _run(engine: Any, image_path: str | None, question: str, adapter: str | None
 
 
 def create_compare_section(engine: Any, home: Any, first_image: str | None) -> None:
-    from vitdemo.ui.learn import image_input
+    from vitdemo.ui.components import image_input
 
     def adapters():
         return available_adapters(home)

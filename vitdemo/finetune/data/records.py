@@ -1,6 +1,5 @@
 """Fine-tune data in, checked: uploads -> job folder -> records + a report of every problem.
 
-- `open_image`: the one safe way to open an image (see vitdemo.core.images).
 - `ingest_upload(files, data_dir)`: copy uploaded files into a job's data folder, unpacking
   zips safely (see vitdemo.finetune.data.archive); nothing is written anywhere else.
 - `load_dataset(path, processor=...)`: find the annotation file, parse it (any supported
@@ -34,7 +33,7 @@ from vitdemo.errors import DatasetError, ImageError
 from vitdemo.core.images import DEFAULT_MAX_PIXELS, open_image
 
 __all__ = [
-    "open_image", "Record", "Problem", "DataLimits", "DatasetReport", "load_dataset", "ingest_upload",
+    "Record", "Problem", "DataLimits", "DatasetReport", "load_dataset", "ingest_upload",
     "records_from_pairs", "find_annotation_file", "save_records", "ArchiveLimits", "IMAGE_PLACEHOLDER",
 ]
 

@@ -1,8 +1,10 @@
-"""Zero-shot image-caption matching with the classroom model's contrastive encoders."""
+"""Zero-shot image-caption matching with the classroom model's contrastive encoders (the
+CLIP pair its recipe trains first): the held-out evaluation and the Learn tab use it."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,7 +21,8 @@ class CaptionMatch:
 
 
 @torch.inference_mode()
-def match_captions(clip, processor, images: list[Image.Image], captions: list[str]) -> CaptionMatch:
+def match_captions(clip: Any, processor: Any, images: list[Image.Image], captions: list[str]) -> CaptionMatch:
+    """How well each image matches each caption; captions are cut to 90 tokens."""
     if not images or not captions:
         raise ValueError(f"need at least one image and one caption, got {len(images)} and {len(captions)}")
     tok = processor.tokenizer
