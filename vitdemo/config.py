@@ -51,6 +51,7 @@ class Settings:
     concurrency: int = 1  # generations running at once (the model is shared)
     job_ttl_hours: int = 168  # fine-tune jobs untouched this long are pruned (see jobs.prune_jobs); 0 = never
     max_sessions: int = 1000  # browser/API sessions whose state is kept; the least recently used go first
+    max_loaded_adapters: int = 8  # LoRA adapters kept in memory; loading one more unloads the least recently used
     # --- limits on what one user can ask for ---
     max_new_tokens: int = 256  # default answer length in the settings panel
     max_new_tokens_cap: int = 1024  # the slider's maximum; requests above are clipped
@@ -75,7 +76,8 @@ class Settings:
             if value not in allowed:
                 raise InputError(f"{name}={value!r} is not one of {', '.join(allowed)}")
         positive = ("port", "queue_size", "concurrency", "max_sessions", "max_new_tokens", "max_new_tokens_cap",
-                    "max_images_per_message", "max_image_pixels", "max_upload_mb", "max_records")
+                    "max_images_per_message", "max_image_pixels", "max_upload_mb", "max_records",
+                    "max_loaded_adapters")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -200,6 +202,8 @@ def add_arguments(parser: argparse.ArgumentParser, *, server: bool = True) -> No
     s.add_argument("--job-ttl-hours", type=int, help="prune fine-tune jobs untouched this long (default 168; 0 = never)")
     s.add_argument("--max-sessions", dest="max_sessions", type=int,
                    help="sessions whose state the server keeps; the least recently used go first (default 1000)")
+    s.add_argument("--max-loaded-adapters", dest="max_loaded_adapters", type=int,
+                   help="fine-tuned adapters kept in memory; the least recently used are unloaded (default 8)")
     s.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, help="default answer length (default 256)")
     s.add_argument("--max-new-tokens-cap", dest="max_new_tokens_cap", type=int, help="max answer length (default 1024)")
     s.add_argument("--max-images-per-message", dest="max_images_per_message", type=int,

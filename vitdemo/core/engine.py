@@ -24,18 +24,28 @@ logger = logging.getLogger(__name__)
 # Calls that pass no adapter get the same model whatever another user's call switched to.
 KEEP = object()
 
+DEFAULT_MAX_ADAPTERS = 8  # LoRA adapters kept loaded at once (Settings.max_loaded_adapters)
+
 
 class Engine:
     """Holds a LoadedModel, the active adapter and the lock around the model."""
 
     def __init__(self, loaded: LoadedModel | concurrent.futures.Future, *, lock_timeout_s: float = 600.0,
-                 source: str | None = None) -> None:
+                 source: str | None = None, max_adapters: int = DEFAULT_MAX_ADAPTERS) -> None:
         # A Future while the model loads in the background (see load_in_background).
         self._loaded = loaded
         self.source = source or getattr(loaded, "source", "")
         self.lock = threading.Lock()  # held around every forward/generate and adapter switch
         self.lock_timeout_s = lock_timeout_s  # waiting longer than this is a BusyError
         self._adapters: dict[str, str] = {}  # resolved path -> peft adapter name
+        # Adapters stay loaded for reuse, at most max_adapters of them: loading one more
+        # unloads the least recently used (never the server default, never one used in the
+        # current lock hold); an adapter whose folder was removed (a pruned job) goes at once.
+        self.max_adapters = max(1, int(max_adapters))
+        self._adapter_seq = 0  # peft names a0, a1, ...: never reused after an unload
+        self._tick = 0  # counts adapter uses
+        self._hold_start = 0  # the first tick of the current lock hold (begin_hold)
+        self._last_use: dict[str, int] = {}  # resolved path -> the tick of its last use
         self._active: str | None = None  # resolved path of the active adapter, None = base
         self.default_adapter: str | None = None  # what KEEP means: use_adapter sets it
         self._peft: Any = None  # the PeftModel wrapper once an adapter was loaded
@@ -45,7 +55,8 @@ class Engine:
     @classmethod
     def from_settings(cls, settings: Any) -> "Engine":
         """Load the model the settings name (default model if none) and its adapter."""
-        engine = cls(_load_from_settings(settings, resolve_model_source(settings.model, settings.home)))
+        engine = cls(_load_from_settings(settings, resolve_model_source(settings.model, settings.home)),
+                     max_adapters=settings.max_loaded_adapters)
         if settings.adapter:
             engine.use_adapter(settings.adapter)
         return engine
@@ -61,7 +72,7 @@ class Engine:
         """
         source = str(resolve_model_source(settings.model, settings.home))
         future: concurrent.futures.Future = concurrent.futures.Future()
-        engine = cls(future, source=source)
+        engine = cls(future, source=source, max_adapters=settings.max_loaded_adapters)
 
         def load() -> None:
             try:
@@ -132,6 +143,7 @@ class Engine:
         if not self.lock.acquire(timeout=self.lock_timeout_s):
             raise BusyError(f"the model has been busy for {self.lock_timeout_s:.0f}s; try again in a moment")
         try:
+            self.begin_hold()
             self._switch(self.default_adapter if adapter is KEEP else adapter)
             yield self.model
         finally:
@@ -142,6 +154,7 @@ class Engine:
         if not self.lock.acquire(timeout=self.lock_timeout_s):
             raise BusyError(f"the model has been busy for {self.lock_timeout_s:.0f}s; try again in a moment")
         try:
+            self.begin_hold()
             self._switch(self.default_adapter if adapter is KEEP else adapter)
         except BaseException:
             self.lock.release()
@@ -161,7 +174,47 @@ class Engine:
         adapter = f", adapter {self._active}" if self._active else ""
         return f"{lm.source} on {lm.device} (quant {lm.quantized}, {lm.dtype}{adapter})"
 
+    @property
+    def loaded_adapters(self) -> list[str]:
+        """Folders of the adapters in memory now, least recently used first."""
+        return sorted(self._adapters, key=self._last_use.__getitem__)
+
     # --- internals (called with the lock held) ---
+    def begin_hold(self) -> None:
+        """Call right after taking `lock` (locked/acquire do): a new hold, in which nothing
+        generates yet, so adapters whose folder is gone (a pruned job) are unloaded now."""
+        self._hold_start = self._tick + 1
+        for path in list(self._adapters):
+            if path != self.default_adapter and not (Path(path) / "adapter_config.json").is_file():
+                self._unload(path, "its folder was removed")
+        self._trim(self.max_adapters)  # one hold may have needed more (a batch of several)
+
+    def _trim(self, keep: int) -> None:
+        """Unload the least recently used adapters until `keep` are left (or none is idle)."""
+        while len(self._adapters) > keep:
+            idle = [p for p in self._adapters if p != self.default_adapter and self._last_use[p] < self._hold_start]
+            if not idle:  # all in use now: load one more rather than pull weights from under a request
+                logger.warning("%d adapters loaded (limit %d), none idle", len(self._adapters), self.max_adapters)
+                return
+            self._unload(min(idle, key=self._last_use.__getitem__), "least recently used")
+
+    def _touch(self, resolved: str) -> None:
+        self._tick += 1
+        self._last_use[resolved] = self._tick
+
+    def _unload(self, path: str, why: str) -> None:
+        name = self._adapters.pop(path)
+        self._last_use.pop(path, None)
+        if path == self._active:  # the base model until the next switch sets an adapter
+            self._peft.base_model.disable_adapter_layers()
+            self._active = None
+        if self._adapters:
+            self._peft.delete_adapter(name)
+        else:  # peft keeps no valid state without an adapter: take its layers out of the model
+            self._peft.unload()
+            self._peft = None
+        logger.info("adapter %s unloaded (%s)", path, why)
+
     def _switch(self, path: str | os.PathLike | None) -> None:
         if path is None or str(path) == "":
             if self._peft is not None and self._active is not None:
@@ -171,6 +224,7 @@ class Engine:
             return
         resolved = str(Path(path).expanduser().resolve())
         if resolved == self._active:
+            self._touch(resolved)
             return
         if not (Path(resolved) / "adapter_config.json").is_file():
             raise ModelLoadError(f"{path} is not a PEFT adapter folder (no adapter_config.json in it)")
@@ -189,10 +243,13 @@ class Engine:
 
     def _load_adapter(self, resolved: str) -> None:
         if resolved in self._adapters:
+            self._touch(resolved)
             return
+        self._trim(self.max_adapters - 1)  # room for this one
         from peft import PeftModel
 
-        name = f"a{len(self._adapters)}"
+        name = f"a{self._adapter_seq}"
+        self._adapter_seq += 1
         if self._peft is None:
             # Wraps the model and injects LoRA layers into it in place; self.model stays
             # the same object, so generate() on it goes through the adapter.
@@ -201,6 +258,7 @@ class Engine:
             self._peft.load_adapter(resolved, adapter_name=name)
         self._peft.eval()
         self._adapters[resolved] = name
+        self._touch(resolved)
 
 
 def _load_from_settings(settings: Any, source: str) -> LoadedModel:
