@@ -19,6 +19,7 @@ from vitdemo import learn
 from vitdemo.errors import VitdemoError
 from vitdemo.learn import fewshot, stages
 from vitdemo.paths import EXAMPLES_DIR
+from vitdemo.ui.choices import dropdown_output
 from vitdemo.ui.components import image_input
 
 # vitdemo.learn.inside, vitdemo.classroom.zero_shot (torch) and .plots (matplotlib) are imported in the
@@ -109,7 +110,9 @@ def _fmt(values: list[float], n: int = 8) -> str:
 
 # --- section logic (thin: gather, call vitdemo.learn, format) ---------------------------
 
-def _inside(engine: Any, image_path: str, question: str, layer: int, head: int, query: int | None):
+def _inside(engine: Any, image_path: str, question: str, layer: int, head: int, query: int | None,
+            shown: Any = None):
+    """Section 1's outputs; `shown`: the query choices the page shows (new ones are sent only on change)."""
     from vitdemo.learn import inside, plots
     image = _open(image_path)
     if not question.strip():
@@ -148,7 +151,8 @@ def _inside(engine: Any, image_path: str, question: str, layer: int, head: int, 
                f"{mlp['input_norm']:.2f}, output norm {mlp['output_norm']:.2f}; strongest units "
                f"{', '.join(f'#{u} ({v:+.2f})' for u, v in zip(mlp['top_units'][:5], mlp['top_values'][:5]))}.")
     choices = [(f"{i}: {t!r}", i) for i, t in enumerate(walk.tokens) if t != "<image>" or i == query]
-    return md, picture, key_table, gr.update(choices=choices, value=query)
+    selector, shown = dropdown_output(shown, choices, query)
+    return md, picture, key_table, selector, shown
 
 
 def _contrastive(engine: Any, image_path: str, captions_text: str):
@@ -244,9 +248,14 @@ def create_learn_tab(engine: Any, settings: Any = None) -> None:
                 in_plot = gr.Image(label="Softmax weights: question tokens (rows) over keys", type="pil")
                 in_keys = gr.Dataframe(headers=["position", "key token", "k", "score", "weight", "v"],
                                        label="Strongest keys of the query token", wrap=True)
-            run_inside = dict(fn=lambda *a: _inside(engine, *a),
-                              inputs=[in_image, in_question, in_layer, in_head, in_query],
-                              outputs=[in_md, in_plot, in_keys, in_query])
+            in_shown = gr.State(None)  # the query choices this page shows
+
+            def on_inside(*args: Any):
+                return _inside(engine, *args)
+
+            run_inside = dict(fn=on_inside,
+                              inputs=[in_image, in_question, in_layer, in_head, in_query, in_shown],
+                              outputs=[in_md, in_plot, in_keys, in_query, in_shown])
             in_run.click(**run_inside)
             in_query.select(**run_inside)
 
