@@ -407,10 +407,12 @@ def main() -> int:
         serve_trivial(args.port)
         return 0
     deadline = time.monotonic() + args.deadline_s
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                                capture_output=True, text=True).stdout.strip())
+    # A tree exported with `git archive` (to bench a commit while others edit the checkout)
+    # is not a git checkout: it names its commit through BENCH_COMMIT.
+    commit = os.environ.get("BENCH_COMMIT") or subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = not os.environ.get("BENCH_COMMIT") and bool(subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout.strip())
     print(f"commit {commit}{' + uncommitted changes' if dirty else ''}", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="vitdemo-load-"))
     results: list[dict[str, Any]] = []

@@ -47,8 +47,12 @@ class Settings:
     port: int = 7860  # HTTP port
     auth: str | None = None  # "user:password", or a file of user:password lines, to require a login; None = open
     home: Path = field(default_factory=default_home)  # VITDEMO_HOME: jobs, built models
-    queue_size: int = 16  # requests waiting in the queue before new ones are refused
-    concurrency: int = 1  # generations running at once (the model is shared)
+    # Requests waiting before new ones are refused (with how long to wait): a class of 100
+    # has at most about 100 waiting at once; 256 leaves room (docs/reliability.md, bench/load.py).
+    queue_size: int = 256
+    # Chat answers running at once: they go through the batching scheduler as one batch,
+    # so this matches its batch size (a class of 30 in one batch); other tools run one at a time.
+    concurrency: int = 32
     job_ttl_hours: int = 168  # fine-tune jobs untouched this long are pruned (see jobs.prune_jobs); 0 = never
     max_sessions: int = 1000  # browser/API sessions whose state is kept; the least recently used go first
     max_loaded_adapters: int = 8  # LoRA adapters kept in memory; loading one more unloads the least recently used
@@ -197,8 +201,8 @@ def add_arguments(parser: argparse.ArgumentParser, *, server: bool = True) -> No
     s.add_argument("--host", help="bind address (default 127.0.0.1)")
     s.add_argument("--port", type=int, help="HTTP port (default 7860)")
     s.add_argument("--auth", help="require a login: 'user:password' or a file of user:password lines")
-    s.add_argument("--queue-size", dest="queue_size", type=int, help="max queued requests (default 16)")
-    s.add_argument("--concurrency", type=int, help="generations at once (default 1)")
+    s.add_argument("--queue-size", dest="queue_size", type=int, help="max waiting requests (default 256)")
+    s.add_argument("--concurrency", type=int, help="chat answers at once, batched together (default 32)")
     s.add_argument("--job-ttl-hours", type=int, help="prune fine-tune jobs untouched this long (default 168; 0 = never)")
     s.add_argument("--max-sessions", dest="max_sessions", type=int,
                    help="sessions whose state the server keeps; the least recently used go first (default 1000)")

@@ -29,6 +29,9 @@ from vitdemo.ui.attention import create_attention_tab  # noqa: E402
 from vitdemo.ui.chat import GENERATE_GROUP, create_chat_tab  # noqa: E402
 from vitdemo.ui.finetune import create_finetune_tab  # noqa: E402
 from vitdemo.ui.learn import create_learn_tab  # noqa: E402
+from vitdemo.serving.join import join_url  # noqa: E402
+from vitdemo.ui.join import create_join_panel  # noqa: E402
+from vitdemo.ui.queue_limit import configure_queue  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +78,7 @@ def build_ui(settings: Settings | None = None, engine: Engine | None = None, *,
     with gr.Blocks(title="vitdemo", analytics_enabled=False, delete_cache=(3600, 24 * 3600)) as demo:
         ready = engine.is_loaded  # read once: the load may finish while the tabs are built
         header = gr.Markdown(_header(engine) if ready else _loading_header(engine))
+        create_join_panel(settings)  # only when serving beyond loopback
         adapter_state = adapter_choice.new_state()  # this user's adapter, shared by the tabs
         with gr.Tab("Chat"):
             create_chat_tab(engine, settings, adapter_state)
@@ -88,7 +92,7 @@ def build_ui(settings: Settings | None = None, engine: Engine | None = None, *,
         if not ready:
             demo.load(lambda: _header(engine), None, header, queue=False, show_progress="hidden")
     api.restrict_api(demo)  # only the documented endpoints are on the API page
-    demo.queue(max_size=settings.queue_size, default_concurrency_limit=settings.concurrency)
+    demo.vitdemo_answer_times = configure_queue(demo, settings)  # type: ignore[attr-defined]
     demo.vitdemo_engine = engine  # type: ignore[attr-defined]  # for tests and tabs
     return demo
 
@@ -105,6 +109,9 @@ def launch_kwargs(settings: Settings) -> dict[str, Any]:
         # its states until evicted; the library's default of 10000 lets memory grow for days.
         "state_session_capacity": settings.max_sessions,
         "show_error": True,
+        # A streaming answer holds a worker thread while it waits for its next token: room for
+        # every generation that runs at once, plus Gradio's default 40 for everything else.
+        "max_threads": settings.concurrency + 40,
         "css": CSS,
     }
 
@@ -119,6 +126,9 @@ def launch(demo: gr.Blocks, settings: Settings, **overrides: Any) -> Any:
         logger.warning("serving on %s without --auth: anyone who can reach this address can use the app",
                        kwargs.get("server_name"))
     logger.info("serving on http://%s:%d", settings.host, settings.port)
+    url = join_url(settings.host, settings.port)  # the address configured, as on the page
+    if url and not kwargs.get("quiet"):
+        print(f"Students join at: {url}", flush=True)  # the teacher reads it off the terminal
     engine = getattr(demo, "vitdemo_engine", None)
     if engine is None or engine.is_loaded or kwargs.get("prevent_thread_lock"):
         result = demo.launch(**kwargs)
