@@ -56,11 +56,13 @@ def stream_with_maps(engine: Any, conversation: Sequence[dict[str, Any]], images
     """
     import torch
 
-    from vitdemo.chat.conversation import GenerationSettings, build_inputs, stream_answer
+    from vitdemo.chat.conversation import GenerationSettings, build_inputs, check_context, stream_answer
 
     gen = gen or GenerationSettings()
     gen.validate()
     inputs = build_inputs(engine.processor, conversation, images)
+    # The Chat tab's check: a question longer than the model reads is refused, not answered.
+    check_context(engine.model, engine.processor, conversation, images, int(inputs["input_ids"].shape[-1]))
     notice = None
     layout = None
     try:
@@ -172,7 +174,8 @@ def render_heads(result: AttentionResult, images: Sequence[Image.Image], kind: T
     """Grid of small overlays, one per head of `layer` (None: layers averaged)."""
     maps = result.head_maps(kind, index, None if layer is None else (layer,), image)  # (heads, rows, cols)
     return heatmaps.head_grid(images[image], maps, result.grids()[image].box, cmap=view.cmap,
-                              opacity=view.opacity, labels=[f"head {h}" for h in range(len(maps))])
+                              opacity=view.opacity, smooth=view.smooth,
+                              labels=[f"head {h}" for h in range(len(maps))])
 
 
 def render_vision(result: AttentionResult, images: Sequence[Image.Image], image: int,
@@ -192,7 +195,11 @@ def _safe(text: str) -> str:
 
 def export(result: AttentionResult, images: Sequence[Image.Image], out_dir: Path | str,
            view: View = View(), spec: MapSpec = DEFAULT_SPEC) -> list[Path]:
-    """Write one PNG per answer token and image, maps.npz (raw numbers) and maps.json."""
+    """Write one PNG per answer token and image, maps.npz (raw numbers) and maps.json.
+
+    PNGs and the JSON maps follow `spec` (the layer and head chosen on screen); the npz
+    keeps the raw attention plus the default maps and, for another spec, its maps too.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -201,6 +208,17 @@ def export(result: AttentionResult, images: Sequence[Image.Image], out_dir: Path
             path = out / f"token{k:03d}_{_safe(token)}_image{i}.png"
             render_token(result, images, "answer", k, spec, view, i).save(path)
             written.append(path)
-    written.append(heatmaps.save_npz(out / "maps.npz", result.to_arrays()))
-    written.append(heatmaps.save_json(out / "maps.json", result.to_json()))
+    per_token = [result.token_maps("answer", k, spec) for k in range(len(result.answer_tokens))]
+    arrays = result.to_arrays()
+    payload = result.to_json()
+    if spec != DEFAULT_SPEC:
+        for i, maps in enumerate(zip(*per_token) if per_token else []):
+            arrays[f"selected_maps_image{i}"] = np.stack(maps)  # (n_answer, rows, cols)
+    # The JSON describes the maps the user chose (the default ones unless a layer/head was picked).
+    payload["map_spec"] = spec.describe()
+    payload["maps"] = [per_image[0].astype(float).round(6).tolist() for per_image in per_token]
+    payload["maps_per_image"] = [[m.astype(float).round(6).tolist() for m in per_image] for per_image in per_token]
+    payload["smooth_png"] = view.smooth
+    written.append(heatmaps.save_npz(out / "maps.npz", arrays))
+    written.append(heatmaps.save_json(out / "maps.json", payload))
     return written

@@ -300,7 +300,8 @@ def stream_capture(model: Any, processor: Any, inputs: Any, images: Sequence[Any
     handles = [m.register_forward_hook(text_hook(i)) for i, m in enumerate(attn_modules)]
     handles += [m.register_forward_hook(vision_hook) for m in vision_modules]
     streamer = _QueueStreamer()
-    stop = stop or threading.Event()
+    stop = stop or threading.Event()  # the caller's ("the user pressed Stop"): only read here
+    halt = threading.Event()  # ours: "the consumer went away"; never leaks into the caller's event
     failure: list[BaseException] = []
 
     def run() -> None:
@@ -308,7 +309,8 @@ def stream_capture(model: Any, processor: Any, inputs: Any, images: Sequence[Any
             from vitdemo.chat.conversation import stopping_criteria
 
             with torch.inference_mode():
-                model.generate(**inputs, **gen_kwargs, streamer=streamer, stopping_criteria=stopping_criteria(stop))
+                model.generate(**inputs, **gen_kwargs, streamer=streamer,
+                               stopping_criteria=stopping_criteria(stop, halt))
         except BaseException as err:  # handed to the consumer thread
             failure.append(err)
             streamer.end()
@@ -349,7 +351,7 @@ def stream_capture(model: Any, processor: Any, inputs: Any, images: Sequence[Any
                     yield CaptureStep(len(answer_ids) - 1, answer_tokens[-1], result.answer, result)
                 step_index += 1
         finally:
-            stop.set()
+            halt.set()
             concurrent.futures.wait([done])
             for h in handles:
                 h.remove()

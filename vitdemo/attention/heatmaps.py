@@ -118,7 +118,7 @@ def with_colorbar(picture: Image.Image, cmap: str, vmin: float, vmax: float) -> 
 
 def head_grid(image: Image.Image, head_maps: np.ndarray, box: Box, *, cmap: str = DEFAULT_COLORMAP,
               opacity: float = 0.5, thumb: int = 128, columns: int = 8,
-              labels: Sequence[str] | None = None) -> Image.Image:
+              labels: Sequence[str] | None = None, smooth: bool = False) -> Image.Image:
     """Small overlays of (n_heads, rows, cols) maps in a grid, each scaled to its own range."""
     n = len(head_maps)
     columns = max(1, min(columns, n))
@@ -132,7 +132,8 @@ def head_grid(image: Image.Image, head_maps: np.ndarray, box: Box, *, cmap: str 
     font = _font(12)
     for k in range(n):
         r, c = divmod(k, columns)
-        tile = overlay(small, head_maps[k], small_box, cmap=cmap, opacity=opacity)  # type: ignore[arg-type]
+        tile = overlay(small, head_maps[k], small_box, cmap=cmap, opacity=opacity,  # type: ignore[arg-type]
+                       smooth=smooth)
         sheet.paste(tile, (c * cell_w + 2, r * cell_h + 16))
         draw.text((c * cell_w + 2, r * cell_h + 2), labels[k] if labels else f"head {k}", fill="black", font=font)
     return sheet

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,10 +176,26 @@ def download_folder(root: Path | None = None, ttl_s: float = DOWNLOAD_TTL_S) -> 
     return Path(tempfile.mkdtemp(dir=root))
 
 
-def downloads(session: AttentionSession, view: View, root: Path | None = None) -> list[str]:
-    """Write PNGs, maps.npz and maps.json of the current answer into a fresh download folder."""
+def downloads(session: AttentionSession, view: View, root: Path | None = None, layer: str | None = None,
+              head: str | None = None) -> list[str]:
+    """Write PNGs, maps.npz and maps.json of the current answer into a fresh download folder,
+    for the layer and head chosen on screen (default: the default map)."""
     result, _, _ = _resolve(session)
-    return [str(p) for p in export(result, session.images, download_folder(root), view)]
+    return [str(p) for p in export(result, session.images, download_folder(root), view, spec_for(layer, head))]
+
+
+class StopSignal:
+    """The Stop button's event for one user (in its own gr.State).
+
+    A plain class with its own deepcopy: gr.State copies its initial value per user, and an
+    Event cannot be copied. The answer stops after the current word and keeps its maps.
+    """
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def __deepcopy__(self, memo: dict) -> "StopSignal":
+        return StopSignal()
 
 
 def blank(size: tuple[int, int] = (8, 8)) -> np.ndarray:

@@ -157,6 +157,29 @@ def _context_limit(model: Any) -> int | None:
     return getattr(text, "max_position_embeddings", None)
 
 
+def check_context(model: Any, processor: Any, conversation: Sequence[Message], images: Sequence[Any],
+                  n_input: int) -> None:
+    """Refuse a prompt of `n_input` tokens that the model cannot read (InputError).
+
+    The one length check of every tab (Chat, Attention). The message says whether the
+    question itself is too long (shorten it) or the conversation before it (clear or undo).
+    """
+    limit = _context_limit(model)
+    if limit is None or n_input < limit:
+        return
+    last = list(conversation)[-1:]
+    n_last_images = count_images(last)
+    last_images = list(images)[len(images) - n_last_images:] if n_last_images else []
+    n_alone = n_input if len(conversation) == 1 else int(
+        build_inputs(processor, last, last_images)["input_ids"].shape[-1])
+    if n_alone >= limit:
+        with_images = " (its images count too)" if n_last_images else ""
+        raise InputError(f"the question is too long: {n_alone} tokens, the model's context is {limit} "
+                         f"tokens{with_images}: shorten the question")
+    raise InputError(f"the conversation is {n_input} tokens, the model's context is {limit} (this question "
+                     f"alone is {n_alone}): clear the chat or undo earlier questions, or use fewer images")
+
+
 # --- generation -----------------------------------------------------------------------
 
 def stopping_criteria(*events: threading.Event):
@@ -268,11 +291,7 @@ def stream_answer(
     inputs = build_inputs(engine.processor, conversation, images)
     n_input = int(inputs["input_ids"].shape[-1])
     stats.input_tokens = n_input
-    limit = _context_limit(engine.model)
-    if limit is not None and n_input >= limit:
-        raise InputError(
-            f"the conversation is {n_input} tokens, the model's context is {limit}: clear the chat or use fewer images"
-        )
+    check_context(engine.model, engine.processor, conversation, images, n_input)
     tokenizer = getattr(engine.processor, "tokenizer", engine.processor)
     streamer = _eager_streamer(tokenizer)
     failure: list[BaseException] = []

@@ -8,7 +8,9 @@ undo, stop, and rendering the turns as Chatbot messages.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
+import secrets
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
@@ -30,6 +32,13 @@ class Turn:
     images: list[Any] = field(default_factory=list, repr=False)  # opened PIL images, same order
     answer: str = ""  # streamed in; "" until generation starts
     error: str | None = None  # a message shown instead of (or after) the answer
+    note: str | None = None  # a hint shown under the answer (e.g. no image to look at)
+    seed: int | None = None  # the sampling seed of the answer (None: greedy), shown to reproduce it
+
+
+# The model answers a question without an image anyway (it guesses): say so beside the answer.
+NO_IMAGE_HINT = ("There is no image in this conversation, so this answer is a guess: "
+                 "upload an image (drop it on the message box) for the model to look at.")
 
 
 class ChatSession:
@@ -43,6 +52,7 @@ class ChatSession:
         self.turns: list[Turn] = turns if turns is not None else []
         self.stop_event = threading.Event()  # set by the Stop button, cleared per reply
         self.busy = False  # a reply is queued or streaming; the UI refuses edits meanwhile
+        self.refused: Turn | None = None  # the last turn the model refused (too long...), removed from turns
 
     def __repr__(self) -> str:
         return f"ChatSession({len(self.turns)} turns, busy={self.busy})"
@@ -98,25 +108,41 @@ class ChatSession:
 
         `adapter`: this user's adapter choice (a folder, None = base; KEEP = the server's).
 
-        Errors (VitdemoError) propagate after being recorded on the turn; the session
+        Sampling (temperature > 0) with no seed draws a fresh one per call, so Regenerate
+        gives a new sample; the seed used is kept on the turn to reproduce it.
+
+        A request refused before any word (InputError: too long, unreadable) removes the
+        turn (kept in `self.refused`), so later questions are not refused for it. Other
+        errors (VitdemoError) propagate after being recorded on the turn; the session
         stays consistent so the user can retry, undo or go on.
         """
         if not self.turns:
             raise InputError("the conversation is empty: type a question")
         turn = self.turns[-1]
-        turn.answer, turn.error = "", None
+        turn.answer, turn.error, turn.note, turn.seed = "", None, None, None
+        self.refused = None
         self.stop_event.clear()
+        if gen.temperature > 0 and gen.seed is None:
+            gen = dataclasses.replace(gen, seed=secrets.randbelow(2**31))
+        turn.seed = gen.seed if gen.temperature > 0 else None
         conv, images = self.conversation()
+        started = False
         try:
             for piece in conversation.stream_answer(engine, conv, images, gen, stop_event=self.stop_event,
-                                              adapter=adapter):
+                                                    adapter=adapter):
+                started = True
                 turn.answer += piece
                 yield turn.answer
         except Exception as err:
-            turn.error = str(err)
+            if isinstance(err, InputError) and not started:
+                self.refused = self.turns.pop()  # never answered: it must not poison later questions
+            else:
+                turn.error = str(err)
             raise
         finally:
             turn.answer = turn.answer.strip()
+        if not images:
+            turn.note = NO_IMAGE_HINT
         if self.stop_event.is_set():
             logger.info("generation stopped by the user after %d characters", len(turn.answer))
 
@@ -134,6 +160,10 @@ class ChatSession:
             shown = turn.answer
             if turn.error:
                 shown = (shown + "\n\n" if shown else "") + f"⚠️ {turn.error}"
+            if turn.note and shown:
+                shown += f"\n\nℹ️ {turn.note}"
+            if turn.seed is not None and shown:
+                shown += f"\n\n_seed {turn.seed}: enter it under Generation settings to get this answer again_"
             if shown or turn is not self.turns[-1]:
                 messages.append({"role": "assistant", "content": shown})
         return messages

@@ -14,10 +14,11 @@ import gradio as gr
 from vitdemo.attention import view as av
 from vitdemo.attention.attend import View, stream_with_maps
 from vitdemo.core.images import open_image
-from vitdemo.errors import VitdemoError
+from vitdemo.errors import InputError, VitdemoError
 from vitdemo.attention.heatmaps import COLORMAPS, DEFAULT_COLORMAP
 from vitdemo.core.images import DEFAULT_MAX_PIXELS
 from vitdemo.ui import adapter_choice
+from vitdemo.ui.image_path import ImagePath
 
 log = logging.getLogger(__name__)
 
@@ -29,18 +30,19 @@ def create_attention_tab(engine: Any, settings: Any = None, adapter_state: gr.St
     max_new_default = min(64, int(getattr(settings, "max_new_tokens", 64) or 64))
     max_pixels = int(getattr(settings, "max_image_pixels", DEFAULT_MAX_PIXELS) or DEFAULT_MAX_PIXELS)
     session = gr.State(av.AttentionSession())
+    stop_signal = gr.State(av.StopSignal())  # this user's Stop button
     gr.Markdown("Ask about an image. Each word's attention map appears as it is written; "
                 "click any word of the answer or the question to see where it looked.")
     with gr.Row():
         with gr.Column(scale=1):
-            # filepath: Gradio does not decode; vitdemo.data.open_image checks the pixel limit first.
-            image = gr.Image(type="filepath", label="Image", elem_id="attn-image", height=260)
-            image2 = gr.Image(type="filepath", label="Second image (optional)", height=120)
+            # The path, undecoded: vitdemo.core.images.open_image checks the file and the pixel limit first.
+            image = ImagePath(type="filepath", label="Image", elem_id="attn-image", height=260)
+            image2 = ImagePath(type="filepath", label="Second image (optional)", elem_id="attn-image2", height=120)
             question = gr.Textbox(label="Question", placeholder="What colour is the circle?",
                                   elem_id="attn-question")
             with gr.Row():
                 ask = gr.Button("Ask", variant="primary", elem_id="attn-ask")
-                stop = gr.Button("Stop")
+                stop = gr.Button("Stop", elem_id="attn-stop")
             max_new = gr.Slider(1, 256, value=max_new_default, step=1, label="Max new tokens")
         with gr.Column(scale=2):
             status = gr.Markdown(elem_id="attn-status")
@@ -110,18 +112,25 @@ def create_attention_tab(engine: Any, settings: Any = None, adapter_state: gr.St
     adapter_state = adapter_state if adapter_state is not None else adapter_choice.new_state()
 
     def on_ask(img, img2, q, max_new_v, layer_v, head_v, which_v, cmap_v, opacity_v, smooth_v, adapter,
-               prev: av.AttentionSession | None):
+               prev: av.AttentionSession | None, signal: av.StopSignal):
+        # A user's mistake is a warning toast and one gr.skip(): every output keeps what it
+        # showed (gr.Error would cover them all with "Error"; yielding nothing empties them).
+        # Only mistakes skip, so the per-update component copy stays off the normal path.
         from vitdemo.chat.conversation import GenerationSettings
 
-        images = [i for i in (img, img2) if i is not None]
-        if not images:
-            raise gr.Error("Upload an image first.")
-        if not (q or "").strip():
-            raise gr.Error("Type a question.")
+        signal.event.clear()
+        images = [i for i in (img, img2) if i]
         try:
+            if not images:
+                raise InputError("Upload an image first.")
+            if not (q or "").strip():
+                raise InputError("Type a question.")
             opened = [open_image(i, max_pixels=max_pixels) for i in images]
         except VitdemoError as err:
-            raise gr.Error(str(err), print_exception=False) from None
+            log.info("attention request refused: %s", err)
+            gr.Warning(str(err))
+            yield gr.skip()
+            return
         s = av.AttentionSession(images=opened, choices_key=getattr(prev, "choices_key", None),
                                 vision_key=getattr(prev, "vision_key", None))
         content = [{"type": "image"} for _ in images] + [{"type": "text", "text": q}]
@@ -131,9 +140,10 @@ def create_attention_tab(engine: Any, settings: Any = None, adapter_state: gr.St
         # cached file while the browser may be reading it). The dropdowns get plain values:
         # a gr.update() per answer made Gradio keep one more component copy per session.
         pending = None
+        failed = None
         try:
             for event in stream_with_maps(engine, [{"role": "user", "content": content}], s.images, gen,
-                                          adapter=adapter_choice.adapter_arg(adapter)):
+                                          stop_event=signal.event, adapter=adapter_choice.adapter_arg(adapter)):
                 s.result, s.notice, s.kind, s.index = event.result, event.notice, "answer", -1
                 if pending is not None:
                     yield (*pending, layer_v, head_v, which_v)
@@ -143,14 +153,26 @@ def create_attention_tab(engine: Any, settings: Any = None, adapter_state: gr.St
                     pic, text = _main(s, layer_v, head_v, which_v, cmap_v, opacity_v, smooth_v)
                     pending = (s, "Answering…", *_spans(s), pic, text)
         except VitdemoError as err:
-            raise gr.Error(str(err)) from None
+            log.info("attention answer refused or failed: %s", err)
+            gr.Warning(str(err))
+            if pending is None:  # refused before any word (too long...): the page keeps what it showed
+                yield gr.skip()
+                return
+            failed = str(err)
         r = s.result
         if pending is None:
             return
         if r is None:  # no maps (unsupported model): nothing to choose from
             yield (*pending, layer_v, head_v, which_v)
             return
-        done = "Done. Click a word to see its map." + (f" ({r.vision_error})" if r.vision_error else "")
+        n_words = len(r.answer_tokens)
+        if failed:
+            done = f"Stopped after {n_words} tokens: {failed}"
+        elif signal.event.is_set():
+            done = f"Stopped after {n_words} tokens. Click a word to see its map."
+        else:
+            done = "Done. Click a word to see its map."
+        done += f" ({r.vision_error})" if r.vision_error else ""
         selectors = av.answer_selectors(s, layer_v, head_v, which_v)
         yield (s, done, *pending[2:], *_selectors(s, "choices_key", selectors))
 
@@ -183,22 +205,27 @@ def create_attention_tab(engine: Any, settings: Any = None, adapter_state: gr.St
     def on_vision_choices(s: av.AttentionSession):
         return _selectors(s, "vision_key", av.vision_selectors(s))
 
-    def on_prepare(s, cmap_v, opacity_v, smooth_v):
+    def on_prepare(s, layer_v, head_v, cmap_v, opacity_v, smooth_v):
+        # The files follow the layer, head and drawing options chosen on screen.
         try:
-            return av.downloads(s, _view(cmap_v, opacity_v, smooth_v))
+            return av.downloads(s, _view(cmap_v, opacity_v, smooth_v), layer=layer_v, head=head_v)
         except VitdemoError as err:
-            raise gr.Error(str(err)) from None
+            log.info("attention downloads refused: %s", err)
+            gr.Warning(str(err))
+            return None
 
     controls = [layer, head, which, cmap, opacity, smooth]
     extras_in = [session, layer, which, cmap, opacity, smooth, v_mode, v_layer, v_head, v_query]
     extras_out = [heads_img, share_img, vision_img]
-    run = ask.click(on_ask, [image, image2, question, max_new, *controls, adapter_state, session],
-                    [session, status, answer, prompt, overlay, caption, layer, head, which])
+    ask_in = [image, image2, question, max_new, *controls, adapter_state, session, stop_signal]
+    ask_out = [session, status, answer, prompt, overlay, caption, layer, head, which]
+    run = ask.click(on_ask, ask_in, ask_out)
     run.then(on_vision_choices, [session], [v_layer, v_head]).then(_extras, extras_in, extras_out)
-    submitted = question.submit(on_ask, [image, image2, question, max_new, *controls, adapter_state, session],
-                                [session, status, answer, prompt, overlay, caption, layer, head, which])
+    submitted = question.submit(on_ask, ask_in, ask_out)
     submitted.then(on_vision_choices, [session], [v_layer, v_head]).then(_extras, extras_in, extras_out)
-    stop.click(None, cancels=[run, submitted])
+    # Unqueued, so it acts at once: the answer ends after the current word and the status
+    # says "Stopped" (cancelling the event instead left "Answering..." on the page).
+    stop.click(lambda signal: signal.event.set(), [stop_signal], None, queue=False)
     answer.select(on_select("answer"), [session, *controls], [session, answer, prompt, overlay, caption]) \
         .then(_extras, extras_in, extras_out)
     prompt.select(on_select("prompt"), [session, *controls], [session, answer, prompt, overlay, caption]) \
@@ -208,6 +235,6 @@ def create_attention_tab(engine: Any, settings: Any = None, adapter_state: gr.St
     for control in (v_mode, v_layer, v_head, v_query):
         control.change(_extras, extras_in, extras_out)
     share_img.select(on_share_click, [session, which, cmap, opacity, smooth], [layer, head, overlay, caption])
-    prepare.click(on_prepare, [session, cmap, opacity, smooth], [files])
+    prepare.click(on_prepare, [session, layer, head, cmap, opacity, smooth], [files])
     return {"image": image, "question": question, "ask": ask, "answer": answer, "prompt": prompt,
             "overlay": overlay, "layer": layer, "head": head, "share": share_img, "files": files}

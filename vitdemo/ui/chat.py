@@ -13,7 +13,7 @@ from vitdemo.chat.conversation import GenerationSettings
 from vitdemo.config import Settings
 from vitdemo.paths import EXAMPLES_DIR
 from vitdemo.core.engine import Engine
-from vitdemo.errors import VitdemoError
+from vitdemo.errors import InputError, VitdemoError
 from vitdemo.chat.session import ChatSession, history_to_session
 from vitdemo.ui import adapter_choice
 
@@ -37,13 +37,18 @@ def load_examples(folder: Path = EXAMPLES_DIR) -> list[dict[str, Any]]:
     return items
 
 
-def _gen_settings(max_new_tokens: float, temperature: float, top_p: float, seed: float | None,
+def _gen_settings(max_new_tokens: float, temperature: float, top_p: float, seed: str | float | None,
                   cap: int) -> GenerationSettings:
+    text = "" if seed is None else str(seed).strip()
+    try:
+        seed_value = int(float(text)) if text else None
+    except ValueError:
+        raise InputError(f"the seed {text[:40]!r} is not a whole number: type one, or leave it empty") from None
     gen = GenerationSettings(
         max_new_tokens=int(max_new_tokens),
         temperature=float(temperature),
         top_p=float(top_p),
-        seed=None if seed is None or seed == "" else int(seed),
+        seed=seed_value,
     )
     gen.validate(cap=cap)
     return gen
@@ -68,7 +73,8 @@ def create_chat_tab(engine: Engine, settings: Settings, adapter_state: gr.State 
         elem_id="vitdemo-input",
     )
     with gr.Row():
-        stop_btn = gr.Button("Stop", variant="stop", size="sm", elem_id="vitdemo-stop")
+        # Plain (not the red "stop" variant): a bright red button looked urgent while nothing ran.
+        stop_btn = gr.Button("Stop", size="sm", elem_id="vitdemo-stop")
         regen_btn = gr.Button("Regenerate", size="sm", elem_id="vitdemo-regenerate")
         undo_btn = gr.Button("Undo", size="sm", elem_id="vitdemo-undo")
         clear_btn = gr.Button("Clear", size="sm", elem_id="vitdemo-clear")
@@ -77,7 +83,10 @@ def create_chat_tab(engine: Engine, settings: Settings, adapter_state: gr.State 
                                label="Max new tokens")
         temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="Temperature (0 = greedy, repeatable)")
         top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p (used when temperature > 0)")
-        seed = gr.Number(value=0, precision=0, label="Seed (for sampling)")
+        # Empty: a fresh seed per answer, so Regenerate samples anew; each sampled answer shows its
+        # seed. A textbox, because a gr.Number left empty sends 0 (always the same sample).
+        seed = gr.Textbox(value="", label="Seed (for sampling; empty = a new one each time)", max_lines=1,
+                          elem_id="vitdemo-seed")
     examples = load_examples()
     if examples:
         gr.Examples(examples=[[e] for e in examples], inputs=[textbox], label="Examples (click one, then send)")
@@ -117,6 +126,10 @@ def create_chat_tab(engine: Engine, settings: Settings, adapter_state: gr.State 
 
     def release(state: ChatSession):
         state.busy = False
+        refused, state.refused = state.refused, None
+        if refused is not None:  # the refused question goes back into the box, to shorten it
+            return gr.MultimodalTextbox(value={"text": refused.text, "files": refused.image_paths},
+                                        interactive=True)
         return gr.MultimodalTextbox(interactive=True)
 
     def prepare_regenerate(state: ChatSession):
