@@ -117,13 +117,14 @@ def test_100kb_message_gets_a_clear_message(url: str, pics: dict[str, str]) -> N
 
     text = ("Describe every detail of the picture please. " * 2300)[:100_000]
     assert len(text.encode()) == 100_000
-    # Through the Chat tab: accepted into the history, then a warning with the numbers.
+    # Through the Chat tab: a warning with the numbers that says the question itself is too
+    # long; the refused question does not stay in the history (it blocked every later one).
     err, msgs = _add_then_generate(url, {"text": text, "files": [rs.upload(url, pics["red"])]})
     assert err is None
     warnings = [m.get("log", "") for m in msgs if m.get("msg") == "log"]
-    assert any("the model's context is" in w for w in warnings), msgs[-3:]
+    assert any("the question is too long" in w and "the model's context is" in w for w in warnings), msgs[-3:]
     chatbot = msgs[-1]["output"]["data"][1]
-    assert chatbot and "⚠️" in str(chatbot[-1]) and "context" in str(chatbot[-1])
+    assert text[:200] not in str(chatbot)
     # Through the API: the same message as an error.
     start = time.monotonic()
     with pytest.raises(AppError, match=r"tokens, the model's context is \d+"):
@@ -138,8 +139,7 @@ def test_oversized_images_refused_in_chat_and_attention(url: str, pics: dict[str
     from gradio_client.exceptions import AppError
 
     client = rs.page_client(url)  # /on_ask is the page's own event
-    for api, args in (("/chat", (handle_file(pics[which]), "What is it?", None)),
-                      ("/on_ask", (handle_file(pics[which]), None, "What is it?", 4))):
+    for api, args in (("/chat", (handle_file(pics[which]), "What is it?", None)),):
         start = time.monotonic()
         with pytest.raises(AppError) as info:
             client.predict(*args, api_name=api)
@@ -149,6 +149,19 @@ def test_oversized_images_refused_in_chat_and_attention(url: str, pics: dict[str
         if which == "big":  # our own check, with the numbers and what to do
             assert "1200x1000 = 1,200,000 pixels; the limit is 1,000,000" in message, f"{api}: {message}"
         assert elapsed < 10, f"{api} took {elapsed:.1f}s to refuse {which}"
+    # The Attention tab's own event: a warning toast (the page keeps its earlier outputs),
+    # not an error; the same message.
+    start = time.monotonic()
+    with rs.sse(url, rs.fn_index(url, "on_ask"), [rs.upload(url, pics[which]), None, "What is it?", 4,
+                                                  "middle layers", "all heads", "image 1", "jet", 0.5, False,
+                                                  None, None, None]) as messages:
+        msgs = list(messages)
+    warnings = " ".join(m.get("log", "") for m in msgs if m.get("msg") == "log" and m.get("level") == "warning")
+    assert "pixels" in warnings and "Traceback" not in str(msgs), msgs[-3:]
+    if which == "big":
+        assert "1200x1000 = 1,200,000 pixels; the limit is 1,000,000" in warnings, warnings
+    assert rs.error_text(msgs[-1]) is None, msgs[-1]
+    assert time.monotonic() - start < 10
     _still_serving(url, pics["red"])
 
 

@@ -23,6 +23,7 @@ import gradio as gr  # noqa: E402
 from vitdemo.config import Settings  # noqa: E402
 from vitdemo.core.engine import Engine  # noqa: E402
 from vitdemo.errors import InputError, VitdemoError  # noqa: E402
+from vitdemo.paths import short_model_name  # noqa: E402
 from vitdemo.core.fallback import FALLBACK_DIRNAME  # noqa: E402
 from vitdemo.ui import adapter_choice, api  # noqa: E402
 from vitdemo.ui.attention import create_attention_tab  # noqa: E402
@@ -46,7 +47,7 @@ TITLE = "# vitdemo: chat with images"
 
 
 def _loading_header(engine: Engine) -> str:
-    return f"{TITLE}\n\nModel: `{engine.source}` (loading...)"
+    return f"{TITLE}\n\nModel: `{short_model_name(engine.source)}` (loading...)"
 
 
 def _header(engine: Engine) -> str:
@@ -56,7 +57,7 @@ def _header(engine: Engine) -> str:
     except VitdemoError as err:
         return f"{TITLE}\n\n> **The model did not load.** {err}"
     lines = [TITLE,
-             f"Model: `{loaded.source}` on **{loaded.device}**, quantization "
+             f"Model: `{short_model_name(loaded.source)}` on **{loaded.device}**, quantization "
              f"**{loaded.quantized}**, {loaded.dtype}."]
     if FALLBACK_DIRNAME in loaded.source:
         lines.append("> The shipped classroom model is not installed yet, so this is the built-in "
