@@ -1,6 +1,6 @@
 """What the classroom encoder's patch tokens say about each object: linear probes.
 
-    python bench/patch_probes.py [ENCODER ...] [--layer N ...]
+    python research/patch_probes.py [ENCODER ...] [--layer N ...]
     (default: assets/classroom/contrastive, layer -1)
 
 For every object of generated scenes, its patch tokens as the LLaVA projector reads them

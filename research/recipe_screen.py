@@ -1,14 +1,16 @@
 """Screen classroom build recipes across seeds: several builds at once, side by side.
 
-Whether stage 4 learns to bind a question to one object is a matter of the seed in the
+Whether stage 4 learns to bind a question to one object is a matter of the run in the
 shipped recipe (docs/classroom.md), so a recipe change is judged on several seeds, not
 one build. Each build runs the full recipe (its learning-rate schedules unchanged) in its
 own process until it ends or the deadline stops it, on a GPU when there is one (with
 worker processes drawing batches); the held-out checks it logged every `--eval-every`
 stage-4 steps are then printed as one table.
 
-  python bench/recipe_screen.py --variant shipped --variant curriculum --seed 1 --seed 2 \
-      --out /tmp/screen --deadline 480
+  python research/recipe_screen.py --variant shipped --seed 1 --seed 2 --out /tmp/screen --deadline 480
+
+A variant is a name for BuildSettings fields set on top of the shipped recipe: add a field
+to BuildSettings (off by default) and a line to VARIANTS to screen a change.
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ from vitdemo.classroom.train import BuildSettings, StageSettings, build_classroo
 # Recipe changes by name: BuildSettings fields on top of the shipped recipe.
 VARIANTS: dict[str, dict] = {
     "shipped": {},
-    "curriculum": {"object_curriculum": (1000, 2000)},  # 1-2 objects, then up to 3, then 4
 }
 
 CHECK = re.compile(r"instruction step (\d+): held-out exact match ([\d.]+) (\{.*\})")

@@ -1,6 +1,6 @@
 """What the classroom model's wrong "where" answers name: another object's cell, or not.
 
-    python bench/where_errors.py [--model assets/classroom] [--scenes 300]
+    python research/where_errors.py [--model assets/classroom] [--scenes 300]
 
 Asks the canonical "Where is the {color} {shape}?" about one object per held-out scene
 (the eval's seed) and sorts the wrong answers: the cell of another object in the scene

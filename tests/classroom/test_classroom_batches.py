@@ -113,7 +113,7 @@ def test_where_questions_lean_to_confusable_objects(processor, monkeypatch):
     assert with_confusable and all(t in hard for t, hard in with_confusable)
 
 
-def test_object_weights_shape_how_crowded_stage_4_scenes_are(processor, monkeypatch):
+def test_object_weights_shape_how_crowded_instruction_scenes_are(processor, monkeypatch):
     drawn = []
     original = scenes.generate_scene
 
@@ -128,25 +128,3 @@ def test_object_weights_shape_how_crowded_stage_4_scenes_are(processor, monkeypa
     assert set(drawn) == {3, 4} and drawn.count(4) > drawn.count(3)
     with pytest.raises(ValueError, match="4 weights"):
         maker.instruction_batch(2, max_turns=1, form_weights={"count": 1.0}, object_weights=(1, 1))
-
-
-def test_position_part_of_the_region_term_scores_the_cell_names(processor):
-    from vitdemo.classroom.batches import position_names
-    from vitdemo.classroom.model import build_clip
-    from vitdemo.classroom.train import contrastive_loss
-
-    maker = BatchMaker(processor, np.random.default_rng(4))
-    clip = build_clip(processor)
-    batch = maker.contrastive_batch(4, twin_fraction=0.5)
-    assert position_names()[4] == "at center"
-    cells = batch["object_cell"]
-    assert len(cells) == len(batch["object_label"]) and 0 <= int(cells.min()) and int(cells.max()) < 9
-    names, positions = maker.names_batch(), maker.names_batch(position_names())
-    assert positions["input_ids"].shape[0] == 9
-    with torch.no_grad():
-        without = contrastive_loss(clip, batch, names, 1.0)
-        with_positions = contrastive_loss(clip, batch, names, 1.0, positions, position_weight=1.0)
-    # An untrained model scores every cell alike: the position part adds about log(9).
-    assert 0.5 * np.log(9) < (with_positions - without).item() < 2 * np.log(9)
-    with pytest.raises(ValueError, match="positions"):
-        contrastive_loss(clip, batch, names, 1.0, None, position_weight=1.0)

@@ -116,8 +116,7 @@ class BatchMaker:
             while len(turns) < n_turns:
                 form = str(self.rng.choice(forms, p=probs))
                 target = None
-                # (checked in this order so a 0 share draws no random number: the shipped
-                # checkpoint's data stream stays reproducible)
+                # (checked in this order so a 0 share, stage 4's, draws no random number)
                 if form == "where" and where_confusable > 0 and self.rng.random() < where_confusable:
                     hard = scenes.confusable_objects(scene)
                     target = int(self.rng.choice(hard)) if hard else None
@@ -182,7 +181,6 @@ class BatchMaker:
         batch["object_weights"] = torch.stack([self.patch_weights(o.mask) for _, o in objects])  # (O, P)
         batch["object_image"] = torch.tensor([i for i, _ in objects])
         batch["object_label"] = torch.tensor([names.index(f"a {o.name}") for _, o in objects])
-        batch["object_cell"] = torch.tensor([o.cell for _, o in objects])
         return batch
 
     def patch_weights(self, mask: np.ndarray) -> torch.Tensor:
@@ -199,12 +197,6 @@ class BatchMaker:
         batch = self._pad(seqs, seqs)
         del batch["labels"]
         return batch
-
-
-def position_names() -> list[str]:
-    """Every grid cell as a short caption ("at top left"), in cell order: the candidates
-    of the position part of the region term."""
-    return [f"at {position}" for position in scenes.POSITIONS]
 
 
 def object_names() -> list[str]:

@@ -13,12 +13,12 @@ from vitdemo.paths import CLASSROOM_MODEL_DIR
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    build = subparsers.add_parser("build-classroom", help="train the classroom model from a seed (about 50 min on 2 cores)")
+    build = subparsers.add_parser("build-classroom", help="train the classroom model from a seed (about 55 min on 2 cores)")
     build.add_argument("--out", type=Path, default=CLASSROOM_MODEL_DIR, help="output folder (default: assets/classroom)")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--instruction-steps", type=int, default=None, help="override stage-4 steps (quick trials)")
     build.add_argument("--no-polish", action="store_true",
-                       help="stop after stage 4, without the short polish phase (the recipe before 2026-11-29's sixth session)")
+                       help="stop after stage 4, without its short second phase (the polish)")
     build.add_argument("--device", default="cpu",
                        help="cpu, cuda or auto (a GPU is faster, but only the CPU build rebuilds the shipped weights exactly)")
     build.add_argument("--data-workers", type=int, default=0,

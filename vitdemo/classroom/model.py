@@ -65,10 +65,6 @@ class ClassroomArchitecture:
     contrastive_dim: int = 64  # shared embedding size of the CLIP objective
     vocab_size: int = 640  # byte-level BPE: 256 bytes + merges + special tokens
     max_positions: int = 512  # decoder context: 64 image tokens + a few turns
-    # Vision-tower layers the projector reads, concatenated per patch (0 = the embeddings,
-    # which carry the patch's position; -1 = the last layer). (-1,) = the shipped model;
-    # (0, -1) was tried: "where" learnt slower (docs/classroom.md, fifth session).
-    vision_feature_layers: tuple[int, ...] = (-1,)
 
 
 def _tokenizer_corpus() -> list[str]:
@@ -169,9 +165,7 @@ def build_llava(processor: LlavaProcessor, arch: ClassroomArchitecture = Classro
         text_config=text,
         image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN),
         vision_feature_select_strategy="default",
-        # Only 3 encoder layers: read the last (and, optionally, others beside it).
-        vision_feature_layer=(arch.vision_feature_layers[0] if len(arch.vision_feature_layers) == 1
-                              else list(arch.vision_feature_layers)),
+        vision_feature_layer=-1,  # only 3 encoder layers: the projector reads the last
         projector_hidden_act="gelu",
         pad_token_id=tok.pad_token_id,
         eos_token_id=tok.eos_token_id,

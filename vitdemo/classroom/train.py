@@ -26,7 +26,7 @@ import torch
 
 from vitdemo.classroom import evaluate, scenes
 from vitdemo.classroom.batch_workers import BatchWorkers
-from vitdemo.classroom.batches import BatchMaker, position_names
+from vitdemo.classroom.batches import BatchMaker
 from vitdemo.classroom.model import ClassroomArchitecture, build_clip, build_llava, build_processor
 
 log = logging.getLogger(__name__)
@@ -51,10 +51,6 @@ class BuildSettings:
         steps=1500, batch_size=64, lr=2e-3, warmup=100))
     twin_fraction: float = 0.5  # share of a contrastive batch that are same-objects/other-places pairs
     region_weight: float = 1.0  # weight of the region term of the contrastive loss (see contrastive_loss)
-    # Weight of the region term's position part: each object's patch tokens against the
-    # nine cell names, so the tokens the decoder reads say where they are. 0 = the shipped recipe
-    # (1.0 was tried: far better stage 1, far worse stage 4; see docs/classroom.md).
-    region_position_weight: float = 0.0
     language: StageSettings = field(default_factory=lambda: StageSettings(
         steps=600, batch_size=32, lr=2e-3, warmup=50))
     alignment: StageSettings = field(default_factory=lambda: StageSettings(
@@ -65,34 +61,18 @@ class BuildSettings:
     max_turns: int = 3  # questions per image in one stage-4 sequence (answers all carry loss)
     form_weights: dict[str, float] = field(default_factory=lambda: {
         "color": 1.0, "shape": 1.0, "where": 2.0, "count": 1.0, "exists": 1.0, "describe": 1.0})
-    # Share of "where" questions steered to an object with a same-colour or same-shape
-    # neighbour (the shipped build's "where" errors all name another object's cell: 21%
-    # wrong on such objects, 6% on the others). 0 = the shipped recipe; see docs/classroom.md.
-    where_confusable: float = 0.0
-    # Weights of stage-4 scenes with 1, 2, 3, 4 objects ("where" goes wrong in crowded
-    # scenes: a quarter of the answers on 4 objects); None = uniform, the shipped recipe.
-    instruction_objects: tuple[float, ...] | None = None
-    # A curriculum of crowding: stage-4 scenes hold 1-2 objects until the first step
-    # given, up to 3 until the second, then 1-4 (uniform over the counts allowed). Binding a
-    # question to one object is easy to find among two and hard among four. None = the
-    # shipped recipe (its own object counts throughout).
-    object_curriculum: tuple[int, int] | None = None
-    # Exponential moving average of the stage-4 weights, from ema_start (a fraction of the
-    # stage) on; the saved model is the average. None = the raw final weights, the shipped
-    # recipe (a 0.999 average was tried: no better on validation scenes; docs/classroom.md).
-    ema_decay: float | None = None
-    ema_start: float = 0.5
     # Stage 4's second phase, the polish: a short pass from the finished stage-4 weights with
-    # its own optimizer and data stream, weighted to "where" (the form the model got wrong
+    # its own optimizer and data stream, weighted to "where" (the form the model gets wrong
     # most), to objects that share a colour or shape with another and to crowded scenes.
-    # None = no second phase (the checkpoint shipped before the sixth session).
+    # None = stop after stage 4 (build-classroom --no-polish).
     polish: StageSettings | None = field(default_factory=lambda: StageSettings(
         steps=1000, batch_size=32, lr=3e-4, warmup=50))
     polish_form_weights: dict[str, float] | None = field(default_factory=lambda: {
         "color": 1.0, "shape": 1.0, "where": 4.0, "count": 1.0, "exists": 1.0, "describe": 1.0})  # None: stage 4's
+    # Share of the polish's "where" questions asked about an object with a same-colour or
+    # same-shape neighbour (such objects get the wrong cell about three times as often).
     polish_where_confusable: float = 0.5
     polish_objects: tuple[float, ...] | None = (1.0, 2.0, 3.0, 4.0)  # weights of 1..4-object scenes; None: uniform
-    keep_checkpoints: bool = False  # keep each stage-4 checkpoint (checkpoint-<step>/) for study
     log_every: int = 25  # steps between loss-curve points
     eval_every: int = 1000  # stage-4 steps between held-out checks and checkpoints
     eval_scenes: int = 40  # held-out scenes per check during training
@@ -100,7 +80,7 @@ class BuildSettings:
     threads: int = 2
     # Where the model trains ("cuda" on a GPU: much faster, but not bit-exact with the CPU
     # build that made the shipped checkpoint) and how many processes draw batches beside it
-    # (0: the training process draws them, as the shipped build did; worth it on a GPU only).
+    # (0: the training process draws them, which keeps the build reproducible; worth it on a GPU only).
     device: str = "cpu"
     data_workers: int = 0
 
@@ -158,35 +138,6 @@ def _train(name: str, groups: list[dict], settings: StageSettings, step_fn: Call
             "seconds": round(time.time() - start, 1)}
 
 
-class WeightAverage:
-    """Exponential moving average of a model's floating-point weights.
-
-    Runs of the same recipe differ more than their settings do (docs/classroom.md); an
-    average of the last few thousand steps is less at the mercy of the last batches.
-    """
-
-    def __init__(self, model: torch.nn.Module, decay: float):
-        if not 0.0 < decay < 1.0:
-            raise ValueError(f"ema_decay must lie in (0, 1), got {decay}")
-        self.decay = decay
-        self.live = [p for p in model.state_dict().values() if p.is_floating_point()]
-        self.average = [p.detach().clone() for p in self.live]
-
-    @torch.no_grad()
-    def restart(self) -> None:
-        """Start averaging afresh from the current weights."""
-        torch._foreach_copy_(self.average, self.live)
-
-    @torch.no_grad()
-    def update(self) -> None:
-        torch._foreach_lerp_(self.average, self.live, 1.0 - self.decay)
-
-    @torch.no_grad()
-    def copy_to_model(self) -> None:
-        for live, average in zip(self.live, self.average):
-            live.copy_(average)
-
-
 def _on(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return {name: tensor.to(device) for name, tensor in batch.items()}
 
@@ -198,39 +149,25 @@ def _set_trainable(modules: Iterable[torch.nn.Module], trainable: bool) -> None:
 
 
 def contrastive_loss(clip, batch: dict[str, torch.Tensor], names: dict[str, torch.Tensor],
-                     region_weight: float, positions: dict[str, torch.Tensor] | None = None,
-                     position_weight: float = 0.0) -> torch.Tensor:
+                     region_weight: float) -> torch.Tensor:
     """The CLIP objective on (image, caption), plus the same objective on regions.
 
     Region term: each object's patch tokens (weighted by its mask) against the names of all
     18 colour-shape pairs. The LLaVA decoder reads the patch tokens, not the CLS token the
     image-level term trains; without this term the patches learn colour but hardly shape
     (a linear probe of shape per cell: 46% without, 79% with, after 600 steps).
-    Its optional position part scores the same region tokens against the nine cell names
-    (`positions`, in cell order), weighted by position_weight.
     """
     out = clip(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                pixel_values=batch["pixel_values"], return_loss=True)
-    if region_weight == 0 and position_weight == 0:
+    if region_weight == 0:
         return out.loss
     vision = clip.vision_model
     patches = vision.post_layernorm(out.vision_model_output.last_hidden_state[:, 1:])  # (B, P, D)
     regions = torch.einsum("op,opd->od", batch["object_weights"], patches[batch["object_image"]])
     region_emb = torch.nn.functional.normalize(clip.visual_projection(regions), dim=-1)
-
-    def region_term(texts: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
-        text_emb = torch.nn.functional.normalize(clip.text_projection(clip.text_model(**texts).pooler_output), dim=-1)
-        logits = clip.logit_scale.exp() * region_emb @ text_emb.T  # (O, candidates)
-        return torch.nn.functional.cross_entropy(logits, labels)
-
-    loss = out.loss
-    if region_weight:
-        loss = loss + region_weight * region_term(names, batch["object_label"])
-    if position_weight:
-        if positions is None:
-            raise ValueError("position_weight needs the tokenized cell names (positions)")
-        loss = loss + position_weight * region_term(positions, batch["object_cell"])
-    return loss
+    text_emb = torch.nn.functional.normalize(clip.text_projection(clip.text_model(**names).pooler_output), dim=-1)
+    logits = clip.logit_scale.exp() * region_emb @ text_emb.T  # (O, 18 names)
+    return out.loss + region_weight * torch.nn.functional.cross_entropy(logits, batch["object_label"])
 
 
 def _example_answers(model, processor) -> list[dict]:
@@ -254,38 +191,6 @@ def _held_out_check(model, processor, settings: BuildSettings, step: int, label:
     return {"step": step, **scores}
 
 
-def _polish_and_check(model, processor, settings: BuildSettings) -> dict:
-    result = polish_stage(model, processor, settings)
-    step = settings.instruction.steps + settings.polish.steps
-    result["held_out_after"] = _held_out_check(model, processor, settings, step, " (after the polish)")
-    return result
-
-
-def polish_saved_model(source: Path, out_dir: Path, settings: BuildSettings) -> dict:
-    """The polish phase on a saved model that finished stage 4, written to out_dir with its
-    record: what a whole build with these settings writes (the polish depends on the
-    stage-4 weights alone), without rebuilding stages 1-4."""
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
-
-    record = json.loads((source / "training.json").read_text())
-    if [stage["name"] for stage in record["stages"]][-1] != "instruction":
-        raise ValueError(f"{source} does not end with stage 4 (instruction): polish a model only once")
-    torch.set_num_threads(settings.threads)
-    model = LlavaForConditionalGeneration.from_pretrained(source).to(settings.device)
-    processor = AutoProcessor.from_pretrained(source)
-    result = _polish_and_check(model, processor, settings)
-    result["answers_after"] = _example_answers(model, processor)
-    record["stages"].append(result)
-    record["settings"] = asdict(settings)
-    work = out_dir.parent / (out_dir.name + ".building")
-    shutil.rmtree(work, ignore_errors=True)
-    shutil.copytree(source, work)
-    model.eval()
-    model.save_pretrained(work)
-    _publish(work, out_dir, record)
-    return record
-
-
 def _publish(work: Path, out_dir: Path, record: dict) -> None:
     """Write the record, then put the finished folder where the app looks for it."""
     (work / "training.json").write_text(json.dumps(record, indent=1))
@@ -306,10 +211,11 @@ POLISH_STREAM = 5  # the polish draws scenes from rng([seed, 5]), apart from sta
 
 
 def polish_stage(model, processor, settings: BuildSettings) -> dict:
-    """Stage 4's second phase (settings.polish) on a model that finished stage 4.
+    """Stage 4's second phase (settings.polish) on a model that finished stage 4, then a
+    held-out check.
 
-    Its own data stream makes it depend on the stage-4 weights alone, so it can be tried
-    on the shipped checkpoint without rebuilding stages 1-4.
+    Its own data stream makes it depend on the stage-4 weights alone, not on how many
+    random numbers stages 1-4 drew.
     """
     if settings.polish is None:
         raise ValueError("settings.polish is not set")
@@ -324,21 +230,10 @@ def polish_stage(model, processor, settings: BuildSettings) -> dict:
                                         settings.polish_objects)
         return model(**_on(batch, model.device)).loss
 
-    return _train("polish", _instruction_groups(model, s.lr, settings.vision_lr_scale), s, step, settings.log_every)
-
-
-def curriculum_objects(settings: BuildSettings, step: int) -> tuple[float, ...] | None:
-    """Weights of stage-4 scenes with 1..4 objects at this step (None: the generator's own)."""
-    if settings.object_curriculum is None:
-        return settings.instruction_objects
-    two_until, three_until = settings.object_curriculum
-    if not 0 <= two_until <= three_until:
-        raise ValueError(f"object_curriculum needs 0 <= first <= second step, got {settings.object_curriculum}")
-    if step < two_until:
-        return (1.0, 1.0, 0.0, 0.0)
-    if step < three_until:
-        return (1.0, 1.0, 1.0, 0.0)
-    return settings.instruction_objects or (1.0, 1.0, 1.0, 1.0)
+    result = _train("polish", _instruction_groups(model, s.lr, settings.vision_lr_scale), s, step, settings.log_every)
+    result["held_out_after"] = _held_out_check(model, processor, settings, settings.instruction.steps + s.steps,
+                                               " (after the polish)")
+    return result
 
 
 def save_example_images(out_dir: Path) -> None:
@@ -394,14 +289,12 @@ def _build_stages(out_dir: Path, work: Path, settings: BuildSettings, processor,
     clip.train()
 
     names = _on(batches.names_batch(), device)
-    positions = _on(batches.names_batch(position_names()), device)
     contrastive_batches = stage_batches("contrastive_batch", lambda _: (settings.contrastive.batch_size,
                                                                         settings.twin_fraction),
                                         settings.contrastive.steps)
 
     def contrastive_step() -> torch.Tensor:
-        return contrastive_loss(clip, next(contrastive_batches), names, settings.region_weight, positions,
-                                settings.region_position_weight)
+        return contrastive_loss(clip, next(contrastive_batches), names, settings.region_weight)
 
     result = _train("contrastive", [{"params": list(clip.parameters())}], settings.contrastive,
                     contrastive_step, settings.log_every)
@@ -440,37 +333,24 @@ def _build_stages(out_dir: Path, work: Path, settings: BuildSettings, processor,
     s4 = settings.instruction
     groups = _instruction_groups(model, s4.lr, settings.vision_lr_scale)
     evals: list[dict] = []
-    ema = WeightAverage(model, settings.ema_decay) if settings.ema_decay is not None else None
-    ema_first_step = int(settings.ema_start * s4.steps)
-
-    def held_out_check(step: int, label: str = "") -> dict:
-        return _held_out_check(model, processor, settings, step, label)
 
     def checkpoint(step: int) -> None:
-        if ema is not None and step == ema_first_step:
-            ema.restart()
-        elif ema is not None and step > ema_first_step:
-            ema.update()
+        """Held-out check and a checkpoint every eval_every steps and at the end (the
+        checkpoint lets a crashed build be looked at; it is removed when the build ends)."""
         if step % settings.eval_every and step != s4.steps:
             return
-        evals.append(held_out_check(step))
-        folder = work / (f"checkpoint-{step}" if settings.keep_checkpoints else "checkpoint")
-        model.save_pretrained(folder)
-        processor.save_pretrained(folder)
+        evals.append(_held_out_check(model, processor, settings, step))
+        model.save_pretrained(work / "checkpoint")
+        processor.save_pretrained(work / "checkpoint")
 
     instruction_batches = stage_batches(
-        "instruction_batch", lambda step: (s4.batch_size, settings.max_turns, settings.form_weights,
-                                           settings.where_confusable, curriculum_objects(settings, step)),
-        s4.steps)
+        "instruction_batch", lambda _: (s4.batch_size, settings.max_turns, settings.form_weights), s4.steps)
     result = _train("instruction", groups, s4, lambda: model(**next(instruction_batches)).loss,
                     settings.log_every, on_step=checkpoint)
     result["held_out_during_training"] = evals
-    if ema is not None:
-        ema.copy_to_model()
-        result["held_out_averaged"] = held_out_check(s4.steps, " (averaged weights)")
     finish_stage(result)
     if settings.polish is not None:
-        finish_stage(_polish_and_check(model, processor, settings))
+        finish_stage(polish_stage(model, processor, settings))
 
     model.eval()
     shutil.rmtree(work / "checkpoint", ignore_errors=True)
