@@ -67,6 +67,7 @@ def test_attend_answers_with_a_map_per_answer_token(url: str, red: str, tiny_lla
     (("text", ""), "question is empty"),
     (("text", "What is red?"), None),  # the image argument is replaced below: a text file
     (("big", "What is red?"), "1,000,000"),
+    (("red", "What is red? " * 1500), "the question is too long"),  # the Attention tab's length check
 ])
 def test_attend_bad_input_gives_a_clear_message(url: str, red: str, tmp_path: Path, args: tuple,
                                                 expected: str | None) -> None:
@@ -74,7 +75,9 @@ def test_attend_bad_input_gives_a_clear_message(url: str, red: str, tmp_path: Pa
     from gradio_client.exceptions import AppError
 
     kind, question = args
-    if kind == "text":
+    if kind == "red":
+        path = Path(red)
+    elif kind == "text":
         path = tmp_path / "notes.png"
         path.write_text("not a picture")
     else:
