@@ -312,21 +312,14 @@ def test_streamer_hands_on_each_token_at_once_and_never_splits_a_character() -> 
     """The first word is not held back until a space; multi-byte characters arrive whole."""
     from transformers import AutoTokenizer
 
-    from vitdemo.chat.conversation import _eager_streamer
+    from vitdemo.chat.conversation import _Detokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(REPO_ROOT / "assets" / "classroom")
     text = "three 红色 and a blue circle"
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    streamer = _eager_streamer(tokenizer)
-    streamer.put(torch.tensor([[1, 2]]))  # the prompt: skipped
-    streamer.put(torch.tensor([ids[0]]))
-    assert streamer.text_queue.get_nowait() == tokenizer.decode(ids[:1])  # out after one token
-    for token in ids[1:]:
-        streamer.put(torch.tensor([token]))
-    streamer.end()
-    pieces = [tokenizer.decode(ids[:1])]
-    while (piece := streamer.text_queue.get_nowait()) is not streamer.stop_signal:
-        pieces.append(piece)
+    detok = _Detokenizer(tokenizer)
+    assert detok.add([ids[0]]) == tokenizer.decode(ids[:1])  # out after one token
+    pieces = [tokenizer.decode(ids[:1])] + [detok.add([token]) for token in ids[1:]]
     assert "".join(pieces) == text
     assert not any("\ufffd" in p for p in pieces)
     assert len(tokenizer("红", add_special_tokens=False)["input_ids"]) > 1  # the case this guards: 红 is bytes

@@ -4,14 +4,15 @@ A conversation is a list of `{"role": "user"|"assistant", "content": [...]}` dic
 content items are `{"type": "image"}` or `{"type": "text", "text": str}`, plus a list of
 PIL images in the order of their `{"type": "image"}` items.
 
-Generation runs `model.generate` on the one generation thread (vitdemo.core.gen_thread) with
-a TextIteratorStreamer, holding the engine lock; the caller iterates text pieces. A
-threading.Event stops it between tokens.
+Each request is processed here, in its caller's thread (so a bad image or an overlong
+prompt fails that request alone), then goes through the engine's batching scheduler
+(vitdemo.core.scheduler): requests waiting for the model run as one batched `generate`,
+each row streaming its own tokens, which are decoded to text here. A threading.Event
+stops a row after its current token without stopping the others.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import functools
 import logging
 import threading
@@ -19,9 +20,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
-from vitdemo.core import gen_thread
 from vitdemo.core.engine import KEEP, Engine
-from vitdemo.errors import GenerationError, InputError, VitdemoError
+from vitdemo.errors import GenerationError, ImageError, InputError, VitdemoError
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +132,9 @@ def build_inputs(processor: Any, conversation: Sequence[Message], images: Sequen
         inputs = processor(**kwargs)
     except (ValueError, TypeError) as err:
         raise InputError(f"the processor refused this message: {str(err).splitlines()[0][:300]}") from err
+    except OSError as err:  # a lazily opened image whose data turns out broken
+        raise ImageError(f"an image of this message could not be decoded ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0][:200]}): upload it again or use another file") from err
     return inputs
 
 
@@ -204,59 +207,6 @@ def _event_stop_class() -> type:
     return EventStop
 
 
-def _eager_streamer(tokenizer: Any) -> Any:
-    """A TextIteratorStreamer that hands on each token's text as soon as it decodes to whole
-    characters. The library's holds text back until a space, so the first word showed up
-    one token late (a third of the time to first token on the classroom model)."""
-    return _eager_streamer_class()(tokenizer, skip_prompt=True, skip_special_tokens=True)
-
-
-FIRST_PIECE_WAIT_S = 0.01  # the longest the generation thread waits for the first word to be read
-
-
-@functools.lru_cache(maxsize=1)
-def _eager_streamer_class() -> type:
-    """Built on first use (transformers is imported lazily), then reused by every request."""
-    from transformers import TextIteratorStreamer
-
-    class EagerStreamer(TextIteratorStreamer):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.first_taken = threading.Event()
-
-        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-            super().on_finalized_text(text, stream_end)
-            if text and not self.first_taken.is_set():
-                # Let the reader take the first word before the next forward pass holds the
-                # interpreter: otherwise it could wait a whole thread-switch interval (5 ms).
-                self.first_taken.wait(FIRST_PIECE_WAIT_S)
-
-        def __next__(self) -> str:
-            try:
-                return super().__next__()
-            finally:
-                self.first_taken.set()
-
-        def put(self, value: Any) -> None:
-            if value.dim() > 1:
-                if value.shape[0] > 1:
-                    raise ValueError("the streamer handles one sequence at a time")
-                value = value[0]
-            if self.skip_prompt and self.next_tokens_are_prompt:
-                self.next_tokens_are_prompt = False
-                return
-            self.token_cache.extend(value.tolist())
-            text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)
-            if text.endswith("\ufffd"):  # part of a multi-byte character: wait for the rest
-                return
-            printable = text[self.print_len:]
-            self.print_len += len(printable)
-            if printable:
-                self.on_finalized_text(printable)
-
-    return EagerStreamer
-
-
 def _is_oom(err: BaseException) -> bool:
     import torch
 
@@ -275,78 +225,67 @@ def stream_answer(
 ) -> Iterator[str]:
     """Yield the answer as text pieces as they are generated.
 
-    Holds engine.lock from start to end of generation. Setting `stop_event` ends it after
-    the current token. Closing the iterator early also stops it. Raises InputError for a
-    bad request, GenerationError (message with numbers) when generation fails; the engine
-    stays usable after either.
+    The request joins the next batch of the engine's scheduler. Setting `stop_event` ends
+    it after the current token; closing the iterator early also ends it (other requests
+    in the batch go on). Raises InputError for a bad request, GenerationError (message
+    with numbers) when generation fails; the engine stays usable after either. On return
+    the model is free again unless other requests of the batch are still generating.
     """
-    import torch
+    from vitdemo.core.scheduler import Row
 
     gen = gen or GenerationSettings()
     gen.validate()
     stats = stats if stats is not None else AnswerStats()
-    stop_event = stop_event or threading.Event()  # the caller's: "user pressed stop"
-    halt = threading.Event()  # ours: "the consumer went away", never leaks to the next call
     started = time.perf_counter()
     inputs = build_inputs(engine.processor, conversation, images)
     n_input = int(inputs["input_ids"].shape[-1])
     stats.input_tokens = n_input
     check_context(engine.model, engine.processor, conversation, images, n_input)
-    tokenizer = getattr(engine.processor, "tokenizer", engine.processor)
-    streamer = _eager_streamer(tokenizer)
-    failure: list[BaseException] = []
-    new_tokens: list[int] = []
-
-    engine.acquire(adapter)  # released by the worker thread when generate returns
-
-    def work() -> None:
-        try:
-            model = engine.model
-            kwargs = to_model(inputs, model)
-            if gen.seed is not None:
-                torch.manual_seed(gen.seed)
-            with torch.inference_mode():
-                out = model.generate(
-                    **kwargs,
-                    **gen.generate_kwargs(),
-                    streamer=streamer,
-                    stopping_criteria=stopping_criteria(stop_event, halt),
-                )
-            new_tokens.append(int(out.shape[-1]) - n_input)
-        except BaseException as err:  # noqa: BLE001 - reported to the caller below
-            failure.append(err)
-            streamer.end()  # unblock the consumer
-        finally:
-            if failure and _is_oom(failure[0]) and torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            engine.lock.release()
-
+    text = _Detokenizer(getattr(engine.processor, "tokenizer", engine.processor))
+    row = Row(inputs, max_new_tokens=gen.max_new_tokens, temperature=gen.temperature, top_p=gen.top_p,
+              seed=gen.seed, repetition_penalty=gen.repetition_penalty, adapter=adapter, stop_event=stop_event)
+    scheduler = engine.scheduler
+    scheduler.submit(row)
     try:
-        done = gen_thread.submit(work)
-    except BaseException:
-        engine.lock.release()
-        raise
-    try:
-        for piece in streamer:
+        for ids in row.tokens():
+            piece = text.add(ids)
             if not piece:
                 continue
             if stats.first_token_s is None:
                 stats.first_token_s = time.perf_counter() - started
             stats.pieces.append(piece)
             yield piece
-    finally:
-        # Reached on normal end, on an exception, and when the caller closes the iterator.
-        halt.set()
-        concurrent.futures.wait([done])
-        stats.total_s = time.perf_counter() - started
-        stats.new_tokens = new_tokens[0] if new_tokens else 0
-        stats.stopped = stop_event.is_set()
-    if failure:
-        err = failure[0]
-        if isinstance(err, VitdemoError):
-            raise err
+    except VitdemoError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the row's generate failed: say what to change
         raise generation_failure(err, n_input=n_input, max_new_tokens=gen.max_new_tokens, n_images=len(images),
                                  device=engine.device) from err
+    finally:
+        # Reached on normal end, on an exception, and when the caller closes the iterator.
+        scheduler.cancel(row)  # a row still running ends after its current token
+        row.wait_released()
+        stats.total_s = time.perf_counter() - started
+        stats.new_tokens = row.new_tokens
+        stats.stopped = row.stop_event.is_set()
+
+
+class _Detokenizer:
+    """Token ids -> new text, handed on as soon as it decodes to whole characters (a
+    multi-byte character split over tokens waits for its last byte)."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.printed = 0  # characters already handed on
+
+    def add(self, ids: list[int]) -> str:
+        self.ids.extend(ids)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):
+            return ""
+        piece = text[self.printed:]
+        self.printed += len(piece)
+        return piece
 
 
 def generation_failure(err: BaseException, *, n_input: int, max_new_tokens: int, n_images: int, device: str,

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from vitdemo.errors import BusyError, ModelLoadError
+from vitdemo.core.fair_lock import FairLock
 from vitdemo.core.loading import LoadedModel, load_model, resolve_model_source
 
 logger = logging.getLogger(__name__)
@@ -26,6 +27,9 @@ KEEP = object()
 
 DEFAULT_MAX_ADAPTERS = 8  # LoRA adapters kept loaded at once (Settings.max_loaded_adapters)
 
+# `active_adapter` after a batch whose rows used different adapters (peft's mixed batches).
+MIXED = "<mixed adapters>"
+
 
 class Engine:
     """Holds a LoadedModel, the active adapter and the lock around the model."""
@@ -35,7 +39,9 @@ class Engine:
         # A Future while the model loads in the background (see load_in_background).
         self._loaded = loaded
         self.source = source or getattr(loaded, "source", "")
-        self.lock = threading.Lock()  # held around every forward/generate and adapter switch
+        # Held around every forward/generate and adapter switch; first come, first served, so
+        # an attention capture gets the model between two of the scheduler's batches.
+        self.lock = FairLock()
         self.lock_timeout_s = lock_timeout_s  # waiting longer than this is a BusyError
         self._adapters: dict[str, str] = {}  # resolved path -> peft adapter name
         # Adapters stay loaded for reuse, at most max_adapters of them: loading one more
@@ -51,6 +57,8 @@ class Engine:
         self._peft: Any = None  # the PeftModel wrapper once an adapter was loaded
         self._pending_load: threading.Thread | None = None  # a deferred background load
         self._start_lock = threading.Lock()
+        self._scheduler: Any = None  # the batching scheduler, made on first use
+        self._mixable: dict[str, bool] = {}  # adapter folder -> its LoRA layers are all in the language model
 
     @classmethod
     def from_settings(cls, settings: Any) -> "Engine":
@@ -160,6 +168,16 @@ class Engine:
             self.lock.release()
             raise
 
+    @property
+    def scheduler(self) -> Any:
+        """The batching scheduler in front of this engine's generate (vitdemo.core.scheduler)."""
+        with self._start_lock:
+            if self._scheduler is None:
+                from vitdemo.core.scheduler import Scheduler
+
+                self._scheduler = Scheduler(self)
+            return self._scheduler
+
     def use_adapter(self, path: str | os.PathLike | None) -> None:
         """Make `path` (a PEFT adapter folder) the server's default adapter; None = the base model.
 
@@ -173,6 +191,50 @@ class Engine:
         lm = self.loaded
         adapter = f", adapter {self._active}" if self._active else ""
         return f"{lm.source} on {lm.device} (quant {lm.quantized}, {lm.dtype}{adapter})"
+
+    # --- batches (called by the scheduler with the lock held) ---
+    def prepare_adapter(self, adapter: Any) -> str | None:
+        """The folder a request's adapter choice means (KEEP = the server default), loaded."""
+        path = self.default_adapter if adapter is KEEP else adapter
+        if path is None or str(path) == "":
+            return None
+        return self._ensure_loaded(path)
+
+    def can_mix_adapter(self, resolved: str | None) -> bool:
+        """Whether rows with this adapter can share a generate with rows of other adapters.
+
+        peft's mixed batches pick each row's adapter by its index in the batch; a LoRA layer
+        in the vision tower sees images, not rows, so such adapters run in groups of their own.
+        """
+        if resolved is None:
+            return True
+        if resolved not in self._mixable:
+            from peft.tuners.lora import LoraLayer
+
+            name = self._adapters[resolved]
+            language = {id(m) for m in self.model.get_decoder().modules()}
+            head = self.model.get_output_embeddings()
+            self._mixable[resolved] = all(
+                id(m) in language or m is head
+                for m in self.model.modules()
+                if isinstance(m, LoraLayer) and name in m.lora_A
+            )
+        return self._mixable[resolved]
+
+    def batch_adapter_names(self, resolved: list[str | None]) -> list[str] | None:
+        """Set up the weights for one batch: one adapter for all rows -> switch to it and
+        return None; several -> enable the adapter layers and return peft's per-row names."""
+        if len(set(resolved)) == 1:
+            self._switch(resolved[0])
+            return None
+        self._peft.base_model.enable_adapter_layers()
+        self._active = MIXED
+        return ["__base__" if r is None else self._adapters[r] for r in resolved]
+
+    def adapter_hooks(self, names: list[str]) -> Any:
+        """A context in which the model's forward gives row i adapter names[i] (peft's
+        mixed-batch hooks, what PeftModel.generate(adapter_names=...) uses inside)."""
+        return self._peft._enable_peft_forward_hooks(adapter_names=names)
 
     @property
     def loaded_adapters(self) -> list[str]:
@@ -226,6 +288,15 @@ class Engine:
         if resolved == self._active:
             self._touch(resolved)
             return
+        self._ensure_loaded(resolved)
+        self._peft.set_adapter(self._adapters[resolved])
+        self._peft.base_model.enable_adapter_layers()
+        self._active = resolved
+        logger.info("adapter on: %s", resolved)
+
+    def _ensure_loaded(self, path: str | os.PathLike) -> str:
+        """Load the adapter folder once (ModelLoadError if it is not one or does not fit)."""
+        resolved = str(Path(path).expanduser().resolve())
         if not (Path(resolved) / "adapter_config.json").is_file():
             raise ModelLoadError(f"{path} is not a PEFT adapter folder (no adapter_config.json in it)")
         try:
@@ -236,10 +307,7 @@ class Engine:
             raise ModelLoadError(
                 f"adapter {path} does not fit model {self.loaded.source}: {str(err).splitlines()[0][:300]}"
             ) from err
-        self._peft.set_adapter(self._adapters[resolved])
-        self._peft.base_model.enable_adapter_layers()
-        self._active = resolved
-        logger.info("adapter on: %s", resolved)
+        return resolved
 
     def _load_adapter(self, resolved: str) -> None:
         if resolved in self._adapters:
@@ -259,6 +327,8 @@ class Engine:
         self._peft.eval()
         self._adapters[resolved] = name
         self._touch(resolved)
+        # Loading may switch adapter layers on: the next _switch must set them again.
+        self._active = MIXED
 
 
 def _load_from_settings(settings: Any, source: str) -> LoadedModel:
