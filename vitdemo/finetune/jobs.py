@@ -223,15 +223,18 @@ def iter_events(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def new_job(home: str | os.PathLike, *, model: str, config: dict[str, Any], quant: str = "auto",
-            device: str = "auto") -> Job:
-    """Create `jobs/<id>/` with an empty data/ folder and job.json (status created)."""
+            device: str = "auto", owner: str | None = None) -> Job:
+    """Create `jobs/<id>/` with an empty data/ folder and job.json (status created).
+
+    `owner` is an owners.Owner.id (None for jobs made by the command line: only the teacher
+    and, once shared, everyone see those in the app)."""
     root = jobs_root(home)
     root.mkdir(parents=True, exist_ok=True)
     job_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
     job = Job(root / job_id)
     job.data_dir.mkdir(parents=True)
     job.update(id=job_id, created=time.time(), status="created", model=model, quant=quant, device=device,
-               config=config, pid=None, error=None)
+               config=config, pid=None, error=None, owner=owner, shared=False)
     return job
 
 

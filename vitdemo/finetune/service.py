@@ -17,11 +17,13 @@ from vitdemo.errors import DatasetError, InputError
 from vitdemo.finetune.config import FinetuneConfig
 from vitdemo.finetune.forgetting import retention_notes, retention_row
 from vitdemo.finetune.jobs import Job, list_jobs, new_job, open_job, prune_jobs, running_job, start_job, stop_job
+from vitdemo.finetune.owners import Owner, can_change, can_see
 
 logger = logging.getLogger(__name__)
 
 GALLERY_MAX = 24  # thumbnails shown in the report
 PROBLEMS_MAX = 500  # rows of the problems table
+MERGED_DOWNLOAD_MAX_MB = 500  # a merged model folder larger than this is not zipped for download
 
 
 @dataclass
@@ -52,18 +54,31 @@ def _discard_unstarted(home: Path, job_id: str | None) -> None:
         shutil.rmtree(job.dir, ignore_errors=True)
 
 
-def _new_job(engine: Any, settings: Any) -> Job:
+def _new_job(engine: Any, settings: Any, owner: Owner) -> Job:
     """A fresh job folder; old jobs are pruned first (settings.job_ttl_hours), so disk stays bounded."""
     prune_jobs(settings.home, getattr(settings, "job_ttl_hours", 0))
-    return new_job(settings.home, model=engine.loaded.source, config={}, quant=settings.quant, device=settings.device)
+    return new_job(settings.home, model=engine.loaded.source, config={}, quant=settings.quant, device=settings.device,
+                   owner=owner.id)
 
 
-def check_upload(engine: Any, settings: Any, files: Sequence[str], previous_job: str | None = None) -> CheckResult:
+def _open(settings: Any, job_id: str, owner: Owner | None, change: bool = False) -> Job:
+    """The job, if this owner may see it (or change it): anyone else's reads as "no such job"."""
+    job = open_job(settings.home, job_id)
+    allowed = can_change if change else can_see
+    if not allowed(job.read(), owner):
+        if change and can_see(job.read(), owner):
+            raise InputError("this job was shared with you to look at and use; only its owner can change it")
+        raise InputError(f"no job {job_id!r}")
+    return job
+
+
+def check_upload(engine: Any, settings: Any, files: Sequence[str], owner: Owner,
+                 previous_job: str | None = None) -> CheckResult:
     """Copy/unpack the uploads into a new job's data folder and check them."""
     if not files:
         raise DatasetError("upload a zip (images + annotation file) or an annotation file first")
     _discard_unstarted(settings.home, previous_job)
-    job = _new_job(engine, settings)
+    job = _new_job(engine, settings, owner)
     limits = _limits(engine, settings)
     try:
         ingest_upload(files, job.data_dir, limits)
@@ -74,14 +89,14 @@ def check_upload(engine: Any, settings: Any, files: Sequence[str], previous_job:
     return CheckResult(job, report)
 
 
-def check_pairs(engine: Any, settings: Any, images: Sequence[str], rows: Sequence[Sequence[Any]],
+def check_pairs(engine: Any, settings: Any, images: Sequence[str], rows: Sequence[Sequence[Any]], owner: Owner,
                 previous_job: str | None = None) -> CheckResult:
     """Pairs typed in the page: rows of (image file name, instruction, answer)."""
     rows = [list(r) + [""] * (3 - len(r)) for r in rows if any(str(c or "").strip() for c in r)]
     if not rows:
         raise DatasetError("type at least one pair: image file name, instruction, answer")
     _discard_unstarted(settings.home, previous_job)
-    job = _new_job(engine, settings)
+    job = _new_job(engine, settings, owner)
     limits = _limits(engine, settings)
     try:
         if images:
@@ -94,17 +109,41 @@ def check_pairs(engine: Any, settings: Any, images: Sequence[str], rows: Sequenc
     return CheckResult(job, report)
 
 
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """'1 record', '2 records' (`many` for irregular plurals)."""
+    return f"{n} {word if n == 1 else (many or word + 's')}"
+
+
 def report_markdown(report: DatasetReport) -> str:
     s = report.summary()
     if report.fatal:
         return f"**The data cannot be used:** {report.all_problems()[0].message}"
     tokens = (f"tokens per record (image tokens included): min {s['tokens_min']}, mean {s['tokens_mean']}, "
               f"max {s['tokens_max']}; cut-off {s['max_tokens']}" if s["tokens_max"] is not None else "")
-    verdict = ("**Ready to train.**" if report.ok else
-               f"**{s['errors']} problem(s)** in {s['bad']} record(s): fix them and upload again, or tick "
-               f"*drop bad records* to train on the {s['good']} good ones.")
-    return (f"Format **{s['format']}** (`{s['annotation']}`): **{s['records']}** records, {s['images']} images, "
-            f"{s['turns']} answer turns, {s['warnings']} warning(s). {tokens}\n\n{verdict}")
+    if report.ok:
+        verdict = "**Ready to train.**"
+    elif not s["good"]:
+        verdict = f"**{plural(s['errors'], 'problem')}** and no good record: fix the data and upload it again."
+    else:
+        good = "the good record" if s["good"] == 1 else f"the {s['good']} good records"
+        verdict = (f"**{plural(s['errors'], 'problem')}** in {plural(s['bad'], 'record')}: fix them and upload "
+                   f"again, or tick *drop bad records* to train on {good} only.")
+    return (f"Format **{s['format']}** (`{s['annotation']}`): **{plural(s['records'], 'record')}**, "
+            f"{plural(s['images'], 'image')}, {plural(s['turns'], 'answer turn')}, "
+            f"{plural(s['warnings'], 'warning')}. {tokens}\n\n{verdict}")
+
+
+def can_start(checked: CheckResult | None, drop_bad: bool) -> bool:
+    """Whether Start may be pressed for this check: usable data, not started yet."""
+    if checked is None:
+        return False
+    rep = checked.report
+    if rep.fatal or not rep.good or (not rep.ok and not drop_bad):
+        return False
+    try:
+        return checked.job.read().get("status") == "created"
+    except Exception:  # the folder was discarded by a newer check or pruned
+        return False
 
 
 def gallery_items(report: DatasetReport) -> list[tuple[str, str]]:
@@ -120,16 +159,16 @@ def problem_rows(report: DatasetReport) -> list[list[Any]]:
     return [p.as_row() for p in report.all_problems()[:PROBLEMS_MAX]]
 
 
-def start_checked(engine: Any, settings: Any, checked: CheckResult, config: dict[str, Any], drop_bad: bool) -> Job:
+def start_checked(engine: Any, settings: Any, checked: CheckResult, config: dict[str, Any], drop_bad: bool,
+                  owner: Owner) -> Job:
     """Start the job of a check result (works for uploads and typed pairs alike)."""
-    job, report = checked.job, checked.report
+    job, report = _open(settings, checked.job.id, owner, change=True), checked.report
     cfg = FinetuneConfig.from_dict(config)
     busy = running_job(settings.home)
     if busy and busy != job.id:
         from vitdemo.errors import BusyError
 
-        raise BusyError(f"a fine-tune job is already running on this server (job {busy}); one runs at a time: "
-                        "wait for it to finish, or stop it")
+        raise BusyError(busy_message(settings, busy, owner))
     if job.read().get("status") != "created":
         raise InputError(f"job {job.id} was already started; use Resume, or check the data again for a new job")
     records = report.usable_records(drop_bad=drop_bad)
@@ -139,8 +178,8 @@ def start_checked(engine: Any, settings: Any, checked: CheckResult, config: dict
     return job
 
 
-def resume(settings: Any, job_id: str) -> Job:
-    job = open_job(settings.home, job_id)
+def resume(settings: Any, job_id: str, owner: Owner) -> Job:
+    job = _open(settings, job_id, owner, change=True)
     data = job.refresh()
     if data.get("status") in ("running", "stopping"):
         raise InputError("this job is running already")
@@ -150,8 +189,13 @@ def resume(settings: Any, job_id: str) -> Job:
     return job
 
 
-def stop(settings: Any, job_id: str) -> dict[str, Any]:
-    return stop_job(open_job(settings.home, job_id), wait_s=0)
+def stop(settings: Any, job_id: str, owner: Owner) -> dict[str, Any]:
+    return stop_job(_open(settings, job_id, owner, change=True), wait_s=0)
+
+
+def share(settings: Any, job_id: str, owner: Owner, shared: bool = True) -> None:
+    """Mark a job shared with everyone on this server (the class), or private again."""
+    _open(settings, job_id, owner, change=True).update(shared=bool(shared))
 
 
 # ---------------------------------------------------------------- progress
@@ -165,10 +209,41 @@ class Progress:
     curve: list[tuple[int, float, str]]  # (step, loss, "train" | "held-out")
     message: str
     results: dict[str, Any] | None
+    results_note: str = ""  # why there is no before/after table, when there is none
+    shared: bool = False
 
 
-def progress(settings: Any, job_id: str) -> Progress:
-    job = open_job(settings.home, job_id)
+def _current_run(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The events since the last start or resume (a resumed run's pause is not training time)."""
+    starts = [i for i, e in enumerate(events) if e["event"] in ("loading", "train_start")]
+    return events[starts[-1]:] if starts else events
+
+
+def eta_seconds(events: list[dict[str, Any]], window: int = 20) -> float | None:
+    """Seconds left, from the time per step of the current run's last `window` steps."""
+    steps = [e for e in _current_run(events) if e["event"] == "step"]
+    recent = steps[-window:]
+    if len(recent) < 2:
+        return None
+    total = recent[-1]["total_steps"]
+    per_step = (recent[-1]["time"] - recent[0]["time"]) / (recent[-1]["step"] - recent[0]["step"] or 1)
+    return max(0.0, per_step * (total - recent[-1]["step"]))
+
+
+def _no_results_note(events: list[dict[str, Any]], data: dict[str, Any]) -> str:
+    """Why a finished job has no before/after table (nothing held out)."""
+    prep = [e for e in events if e["event"] == "preparing"]
+    if not prep or prep[-1].get("n_eval"):
+        return ""
+    n_train = prep[-1].get("n_train", 0)
+    share = float((data.get("config") or {}).get("eval_fraction", 0.1))
+    return (f"No before/after table: all {plural(n_train, 'record')} went into training and none was held out "
+            f"to compare on (a held-out share of {share:.0%} of {n_train} rounds to 0; at least one record is held "
+            "out from 10 records on). Upload more records, or raise the held-out share in the LoRA settings.")
+
+
+def progress(settings: Any, job_id: str, owner: Owner | None) -> Progress:
+    job = _open(settings, job_id, owner)
     data = job.refresh()
     events = job.events()
     steps = [e for e in events if e["event"] == "step"]
@@ -177,14 +252,13 @@ def progress(settings: Any, job_id: str) -> Progress:
     step = steps[-1]["step"] if steps else 0
     total = steps[-1]["total_steps"] if steps else next(
         (e["total_steps"] for e in events if e["event"] == "train_start"), 0)
-    eta = None
-    recent = steps[-20:]
-    if data.get("status") == "running" and len(recent) >= 2 and total:
-        per_step = (recent[-1]["time"] - recent[0]["time"]) / (recent[-1]["step"] - recent[0]["step"] or 1)
-        eta = max(0.0, per_step * (total - step))
+    eta = eta_seconds(events) if data.get("status") == "running" and total else None
     phase = events[-1]["event"] if events else "starting"
     message = _status_line(data, phase, step, total, eta)
-    return Progress(data.get("status", "?"), step, total, eta, curve, message, job.results())
+    results = job.results()
+    note = _no_results_note(events, data) if results is None and data.get("status") == "completed" else ""
+    return Progress(data.get("status", "?"), step, total, eta, curve, message, results, note,
+                    bool(data.get("shared")))
 
 
 def _status_line(data: dict[str, Any], phase: str, step: int, total: int, eta: float | None) -> str:
@@ -237,38 +311,79 @@ def results_markdown(results: dict[str, Any] | None) -> str:
             + ("\n\n" + retention_notes(s.get("retention")) if s.get("retention") else ""))
 
 
-def job_choices(settings: Any) -> list[tuple[str, str]]:
+def job_choices(settings: Any, owner: Owner | None) -> list[tuple[str, str]]:
+    """(label, id) of the started jobs this owner may see: their own, shared ones (all, for the teacher)."""
     out = []
     for j in list_jobs(settings.home):
-        if j.get("status") == "created":
+        if j.get("status") == "created" or not can_see(j, owner):
             continue
         when = time.strftime("%H:%M", time.localtime(j.get("created", 0)))
-        out.append((f"{j['id']} ({j.get('status')}, {when})", j["id"]))
+        whose = "" if owner is not None and j.get("owner") == owner.id else ", shared" if j.get("shared") else \
+            ", another user's"
+        out.append((f"{j['id']} ({j.get('status')}, {when}{whose})", j["id"]))
     return out
 
 
-def adapter_paths(settings: Any, job_id: str) -> tuple[Path, Path]:
-    job = open_job(settings.home, job_id)
+def adapter_paths(settings: Any, job_id: str, owner: Owner | None) -> tuple[Path, Path]:
+    job = _open(settings, job_id, owner)
     if not (job.adapter_dir / "adapter_config.json").is_file():
         raise InputError("this job has no finished adapter yet")
     return job.adapter_dir, job.dir / "adapter.zip"
 
 
-def merge(settings: Any, job_id: str) -> Path:
+def merge(settings: Any, job_id: str, owner: Owner) -> Path:
     from vitdemo.finetune.trainer import merge_adapter
 
-    job = open_job(settings.home, job_id)
-    adapter, _ = adapter_paths(settings, job_id)
+    job = _open(settings, job_id, owner, change=True)
+    adapter, _ = adapter_paths(settings, job_id, owner)
     return merge_adapter(job.read()["model"], adapter, job.dir / "merged")
 
 
-def zip_path(settings: Any, job_id: str) -> str | None:
-    job = open_job(settings.home, job_id)
+def folder_mb(folder: Path) -> float:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20
+
+
+def merged_zip(merged: Path, max_mb: float = MERGED_DOWNLOAD_MAX_MB) -> Path | None:
+    """A zip of the merged model folder for download, or None when it is over `max_mb`."""
+    if folder_mb(merged) > max_mb:
+        return None
+    out = merged.with_name("merged.zip")
+    tmp = shutil.make_archive(str(merged.with_name(".merged-partial")), "zip", root_dir=merged.parent,
+                              base_dir=merged.name)  # written aside, then renamed: never a half zip
+    Path(tmp).replace(out)
+    return out
+
+
+def merge_markdown(merged: Path, zipped: Path | None) -> str:
+    """What the person on the page gets, and where the folder is for whoever runs the server."""
+    size = folder_mb(merged)
+    where = (f"On the server the full model folder is `{merged.name}/` in this job's folder; whoever runs the "
+             "server can load it with `--model` and that folder.")
+    if zipped is not None:
+        return f"**Merged** ({size:.1f} MB): download it with the button below and unzip it. {where}"
+    return (f"**Merged** ({size:.0f} MB, too big to download here, over {MERGED_DOWNLOAD_MAX_MB} MB). {where} "
+            "From elsewhere, download the adapter (a few MB) and load it on the same base model.")
+
+
+def zip_path(settings: Any, job_id: str, owner: Owner | None) -> str | None:
+    job = _open(settings, job_id, owner)
     path = job.dir / "adapter.zip"
     return str(path) if path.is_file() else None
 
 
-def running_job_note(settings: Any) -> str:
+def busy_message(settings: Any, busy: str, owner: Owner | None) -> str:
+    """One job runs at a time: Start is refused (not queued) while one runs; says whose it is."""
+    try:
+        data = open_job(settings.home, busy).read()
+    except InputError:
+        data = {}
+    mine = owner is not None and data.get("owner") == owner.id
+    whose = f"your job `{busy}`" if mine else f"job `{busy}`" if can_see(data, owner) else "another user's job"
+    return (f"A fine-tune job is running on this server ({whose}). One job runs at a time: Start is refused "
+            "until it ends; press Start again then.")
+
+
+def running_job_note(settings: Any, owner: Owner | None = None) -> str:
     """A line for every user while a job runs on this server (one job at a time)."""
     busy = running_job(settings.home)
-    return f"A fine-tune job is running on this server (job `{busy}`); new jobs wait until it ends." if busy else ""
+    return busy_message(settings, busy, owner) if busy else ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -54,15 +55,20 @@ def compare_adapter(engine: Any, image: Image.Image, question: str, adapter: str
     return AdapterComparison(question, base_answer, tuned_answer, base_map, tuned_map, box)
 
 
-def available_adapters(home: Any) -> list[tuple[str, str]]:
-    """(label, folder) of shipped example adapters and finished fine-tune jobs' adapters."""
-    from pathlib import Path
+def available_adapters(home: Any, owner: Any = None) -> list[tuple[str, str]]:
+    """(label, folder) of shipped example adapters and the finished jobs' adapters that `owner`
+    (a vitdemo.finetune.owners.Owner, None = nobody in particular) may see: their own and shared ones."""
+    from vitdemo.finetune.jobs import list_jobs
+    from vitdemo.finetune.owners import can_see
 
     found: list[tuple[str, str]] = []
     shipped = ADAPTERS_DIR
     for config in sorted(shipped.glob("*/adapter_config.json")):
         found.append((f"example: {config.parent.name}", str(config.parent)))
     if home:
-        for config in sorted(Path(home).glob("jobs/*/adapter/adapter_config.json")):
-            found.append((f"job {config.parent.parent.name}", str(config.parent)))
+        for job in sorted(list_jobs(home), key=lambda j: j["id"]):
+            if job["has_adapter"] and can_see(job, owner):
+                mine = owner is not None and job.get("owner") == owner.id
+                found.append((f"job {job['id']}" + ("" if mine else " (shared)" if job.get("shared") else ""),
+                              str(Path(job["dir"]) / "adapter")))
     return found

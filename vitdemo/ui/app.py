@@ -28,6 +28,7 @@ from vitdemo.core.fallback import FALLBACK_DIRNAME  # noqa: E402
 from vitdemo.ui import adapter_choice, api  # noqa: E402
 from vitdemo.ui.attention import create_attention_tab  # noqa: E402
 from vitdemo.ui.chat import GENERATE_GROUP, create_chat_tab  # noqa: E402
+from vitdemo.ui import identity  # noqa: E402
 from vitdemo.ui.finetune import create_finetune_tab  # noqa: E402
 from vitdemo.ui.learn import create_learn_tab  # noqa: E402
 from vitdemo.serving.join import join_url  # noqa: E402
@@ -81,14 +82,15 @@ def build_ui(settings: Settings | None = None, engine: Engine | None = None, *,
         header = gr.Markdown(_header(engine) if ready else _loading_header(engine))
         create_join_panel(settings)  # only when serving beyond loopback
         adapter_state = adapter_choice.new_state()  # this user's adapter, shared by the tabs
+        session = identity.new_state(settings)  # whose fine-tune jobs this page sees (token kept in the browser)
         with gr.Tab("Chat"):
             create_chat_tab(engine, settings, adapter_state)
         with gr.Tab("Attention"):
             create_attention_tab(engine, settings, adapter_state)
         with gr.Tab("Fine-tune"):
-            create_finetune_tab(engine, settings, adapter_state)
+            create_finetune_tab(engine, settings, adapter_state, session)
         with gr.Tab("Learn"):
-            create_learn_tab(engine, settings)
+            create_learn_tab(engine, settings, session)
         api.create_attend_endpoint(engine, settings, GENERATE_GROUP)  # /chat: the Chat tab's
         if not ready:
             demo.load(lambda: _header(engine), None, header, queue=False, show_progress="hidden")

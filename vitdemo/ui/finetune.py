@@ -20,7 +20,8 @@ from vitdemo.core.images import open_image
 from vitdemo.errors import VitdemoError
 from vitdemo.finetune.config import FinetuneConfig
 from vitdemo.finetune.forgetting import prompts_from_text
-from vitdemo.ui import adapter_choice
+from vitdemo.ui import adapter_choice, identity
+from vitdemo.ui.lenient_image import lenient_image
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +41,29 @@ def _bar(fraction: float, text: str) -> str:
             f'<span style="position:absolute;left:8px;top:1px;font-size:13px">{text}</span></div>')
 
 
+CURVE_COLORS = {"train": "#4a90e2", "held-out": "#e8833a"}
+
+
 def _curve(points: list[tuple[int, float, str]]) -> pd.DataFrame:
-    return pd.DataFrame(points or [], columns=["step", "loss", "curve"])
+    """Typed columns even when empty: an untyped empty frame reads as text, which makes both axes
+    categorical (every step and every loss a label, no line)."""
+    frame = pd.DataFrame(points or [], columns=["step", "loss", "curve"])
+    return frame.astype({"step": "int64", "loss": "float64", "curve": "str"})
+
+
+def _plot_update(points: list[tuple[int, float, str]], shown: Any) -> tuple[Any, Any]:
+    """The plot's new value, and the curves it now shows.
+
+    The page's plot fixes its axis types and its set of curves when it draws its frame, and
+    redraws the frame only when a setting such as the colour map changes; a new value alone
+    just moves the points. So the colour map is sent again exactly when the set of curves
+    changes (a job's first points, the first held-out point, another job), and plain values
+    in between."""
+    frame = _curve(points)
+    curves = sorted(set(frame["curve"]))
+    if curves == list(shown or []):
+        return frame, gr.skip()
+    return gr.LinePlot(value=frame, color_map={c: CURVE_COLORS.get(c, "#888888") for c in curves}), curves
 
 
 def _thumbnails(items: list[tuple[str, str]]) -> list[tuple[Any, str]]:
@@ -56,28 +78,33 @@ def _thumbnails(items: list[tuple[str, str]]) -> list[tuple[Any, str]]:
 
 def _download(jid: str, zip_file: str | None) -> str | None:
     """The adapter zip, copied into Gradio's own upload cache (the only folder it serves)."""
-    if not zip_file:
-        return None
+    return _copy_to_cache(zip_file, f"adapter-{jid}.zip") if zip_file else None
+
+
+def _copy_to_cache(path: Any, name: str) -> str:
+    """A copy in Gradio's own upload cache (the only folder it serves; job folders never are)."""
     from pathlib import Path
 
     from gradio.processing_utils import save_bytes_to_cache
     from gradio.utils import get_upload_folder
 
-    return save_bytes_to_cache(Path(zip_file).read_bytes(), f"adapter-{jid}.zip", get_upload_folder())
+    return save_bytes_to_cache(Path(path).read_bytes(), name, get_upload_folder())
 
 
 def _error(err: VitdemoError) -> None:
     raise gr.Error(str(err), print_exception=False)
 
 
-def create_finetune_tab(engine: Any, settings: Any, adapter_state: gr.State | None = None) -> dict[str, Any]:
+def create_finetune_tab(engine: Any, settings: Any, adapter_state: gr.State | None = None,
+                        session: gr.BrowserState | None = None) -> dict[str, Any]:
+    """`session`: the page's identity token (vitdemo.ui.identity); made here when the tab stands alone."""
     adapter_state = adapter_state if adapter_state is not None else adapter_choice.new_state()
+    session = session if session is not None else identity.new_state(settings)
     checked = gr.State(None)  # svc.CheckResult of this user's last check
     job_id = gr.State(None)  # the job this user is watching
 
     gr.Markdown(HELP)
-    busy = svc.running_job_note(settings)
-    busy_md = gr.Markdown(busy, visible=bool(busy), elem_id="ft-busy")
+    busy_md = gr.Markdown("", elem_id="ft-busy")  # filled per page (a page built once serves every user)
     with gr.Row():
         with gr.Column(scale=3):
             with gr.Tab("Upload"):
@@ -111,8 +138,11 @@ def create_finetune_tab(engine: Any, settings: Any, adapter_state: gr.State | No
                 start_btn = gr.Button("Start", variant="primary", interactive=False, elem_id="ft-start")
                 stop_btn = gr.Button("Stop", interactive=False, elem_id="ft-stop")
                 resume_btn = gr.Button("Resume", interactive=False, elem_id="ft-resume")
-            jobs = gr.Dropdown(choices=svc.job_choices(settings), label="Earlier jobs", value=None,
+            # Choices are filled per user (on load and on focus): the page itself is the same for all.
+            jobs = gr.Dropdown(choices=[], label="Earlier jobs (yours and shared ones)", value=None,
                                allow_custom_value=False, elem_id="ft-jobs")
+            share_box = gr.Checkbox(False, label="shared with the class (everyone on this server can see and use it)",
+                                    interactive=False, elem_id="ft-share")
 
     report_md = gr.Markdown(elem_id="ft-report")
     with gr.Row():
@@ -120,49 +150,66 @@ def create_finetune_tab(engine: Any, settings: Any, adapter_state: gr.State | No
         problems = gr.Dataframe(headers=PROBLEM_HEADERS, label="Problems", interactive=False, wrap=True,
                                 max_height=260, elem_id="ft-problems")
     progress_html = gr.HTML(_bar(0, "Not started."), elem_id="ft-progress-box")
-    plot = gr.LinePlot(_curve([]), x="step", y="loss", color="curve", title="Loss (answer tokens)", height=260,
+    # No value until a job is shown: the first real value then draws the frame (see _plot_update).
+    plot = gr.LinePlot(None, x="step", y="loss", color="curve", title="Loss (answer tokens)", height=260,
                        elem_id="ft-plot")
+    plot_curves = gr.State(None)  # the curves the plot's frame was drawn for
     results_md = gr.Markdown(elem_id="ft-results")
     results = gr.Dataframe(headers=RESULT_HEADERS, label="Held-out examples: base vs tuned", interactive=False,
                            wrap=True, max_height=360, column_widths=["9%", "31%", "12%", "20%", "20%", "8%"],
                            elem_id="ft-answers")
     with gr.Row():
         use_btn = gr.Button("Chat with this adapter (Chat and Attention tabs)", interactive=False, elem_id="ft-use")
-        base_btn = gr.Button("Back to the base model", elem_id="ft-base")
+        base_btn = gr.Button("Back to the base model", interactive=bool(getattr(engine, "default_adapter", None)),
+                             elem_id="ft-base")
         download = gr.DownloadButton("Download adapter (zip)", interactive=False, elem_id="ft-download")
         merge_btn = gr.Button("Merge into a full model folder", interactive=False)
-    merge_md = gr.Markdown()
+    merge_md = gr.Markdown(elem_id="ft-merge-md")
+    merged_file = gr.File(label="Merged model (zip)", visible=False, interactive=False, elem_id="ft-merged")
     with gr.Accordion("Try the tuned model", open=True):
         with gr.Row():
-            try_image = gr.Image(type="filepath", label="Image", height=180, elem_id="ft-try-image")
+            try_image = lenient_image(label="Image", height=180, elem_id="ft-try-image")
             with gr.Column():
                 try_q = gr.Textbox(label="Question", elem_id="ft-try-q")
-                try_btn = gr.Button("Ask base and tuned", elem_id="ft-try")
+                try_btn = gr.Button("Ask base and tuned", interactive=False, elem_id="ft-try")
                 try_base = gr.Textbox(label="Base model says", interactive=False, elem_id="ft-try-base")
                 try_tuned = gr.Textbox(label="Tuned model says", interactive=False, elem_id="ft-try-tuned")
     timer = gr.Timer(1.0, active=False)
+    busy_timer = gr.Timer(3.0)  # every page sees a job start and end without reloading
 
     # ---------------------------------------------------------------- handlers
-    def show_report(result: svc.CheckResult) -> tuple:
-        rep = result.report
-        can_start = not rep.fatal and bool(rep.good)
-        return (result, svc.report_markdown(rep), _thumbnails(svc.gallery_items(rep)), svc.problem_rows(rep),
-                gr.Button(interactive=can_start))
-
-    def on_check(paths: list[str] | None, previous: Any) -> tuple:
+    def who(token: Any, request: gr.Request | None) -> Any:
         try:
-            prev_id = previous.job.id if previous else None
-            return show_report(svc.check_upload(engine, settings, [str(p) for p in paths or []], prev_id))
+            return identity.owner(settings, token, request)
         except VitdemoError as err:
             _error(err)
 
-    def on_check_pairs(images: list[str] | None, table: Any, previous: Any) -> tuple:
+    def show_report(result: svc.CheckResult, drop: bool) -> tuple:
+        rep = result.report
+        return (result, svc.report_markdown(rep), _thumbnails(svc.gallery_items(rep)), svc.problem_rows(rep),
+                gr.Button(interactive=svc.can_start(result, drop)))
+
+    def on_check(paths: list[str] | None, previous: Any, drop: bool, token: Any, request: gr.Request) -> tuple:
+        owner = who(token, request)
+        try:
+            prev_id = previous.job.id if previous else None
+            return show_report(svc.check_upload(engine, settings, [str(p) for p in paths or []], owner, prev_id), drop)
+        except VitdemoError as err:
+            _error(err)
+
+    def on_check_pairs(images: list[str] | None, table: Any, previous: Any, drop: bool, token: Any,
+                       request: gr.Request) -> tuple:
+        owner = who(token, request)
         rows = table.values.tolist() if isinstance(table, pd.DataFrame) else (table or [])
         try:
             prev_id = previous.job.id if previous else None
-            return show_report(svc.check_pairs(engine, settings, [str(p) for p in images or []], rows, prev_id))
+            return show_report(svc.check_pairs(engine, settings, [str(p) for p in images or []], rows, owner,
+                                               prev_id), drop)
         except VitdemoError as err:
             _error(err)
+
+    def on_drop(result: Any, drop: bool) -> Any:
+        return gr.Button(interactive=svc.can_start(result, drop))
 
     def on_pair_images(images: list[str] | None, table: Any) -> Any:
         from pathlib import Path
@@ -172,7 +219,9 @@ def create_finetune_tab(engine: Any, settings: Any, adapter_state: gr.State | No
                             columns=["image file", "instruction", "answer"])
 
     def on_start(result: Any, drop: bool, r: float, a: float, rate: float, ep: float, ms: float, bs: float,
-                 ef: float, do: float, proj: bool, gw: float, probes: str) -> tuple:
+                 ef: float, do: float, proj: bool, gw: float, probes: str, token: Any,
+                 request: gr.Request) -> tuple:
+        owner = who(token, request)
         if result is None:
             raise gr.Error("check the data first", print_exception=False)
         config = {"rank": int(r), "alpha": float(a), "lr": float(rate), "epochs": float(ep),
@@ -180,100 +229,154 @@ def create_finetune_tab(engine: Any, settings: Any, adapter_state: gr.State | No
                   "train_projector": bool(proj), "retention_weight": float(gw),
                   "probe_prompts": prompts_from_text(probes)}
         try:
-            job = svc.start_checked(engine, settings, result, config, drop)
+            job = svc.start_checked(engine, settings, result, config, drop, owner)
         except VitdemoError as err:
             _error(err)
         gr.Info(f"job {job.id} started")
-        return job.id, gr.Timer(active=True), gr.Button(interactive=False), gr.Button(interactive=True)
+        return (job.id, gr.Timer(active=True), gr.Button(interactive=False), gr.Button(interactive=True),
+                svc.running_job_note(settings, owner))
 
-    def on_tick(jid: str | None) -> tuple:
+    def on_tick(jid: str | None, shown: Any, token: Any, request: gr.Request) -> tuple:
         if not jid:
-            return (gr.Timer(active=False),) + (gr.skip(),) * 10
+            return (gr.Timer(active=False),) + (gr.skip(),) * 13
         try:
-            p = svc.progress(settings, jid)
+            owner = identity.owner(settings, token, request)
+            p = svc.progress(settings, jid, owner)
         except VitdemoError as err:
-            return (gr.Timer(active=False), _bar(0, str(err))) + (gr.skip(),) * 9
+            return (gr.Timer(active=False), _bar(0, str(err))) + (gr.skip(),) * 12
         running = p.status in ("running", "stopping")
         frac = p.step / p.total if p.total else 0.0
         done = p.status == "completed"
         has_ckpt = p.status in ("stopped", "failed")
-        note = svc.running_job_note(settings)
-        return (gr.Timer(active=running), _bar(frac, p.message), _curve(p.curve), svc.results_markdown(p.results),
+        results_text = svc.results_markdown(p.results) or p.results_note
+        curve, curves = _plot_update(p.curve, shown)
+        return (gr.Timer(active=running), _bar(frac, p.message), curve, curves, results_text,
                 svc.results_rows(p.results), gr.Button(interactive=running), gr.Button(interactive=has_ckpt),
                 gr.Button(interactive=done),
-                gr.DownloadButton(value=_download(jid, svc.zip_path(settings, jid)) if done else None,
+                gr.DownloadButton(value=_download(jid, svc.zip_path(settings, jid, owner)) if done else None,
                                   interactive=done),
-                gr.Button(interactive=done), gr.Markdown(note, visible=bool(note)))
+                gr.Button(interactive=done), gr.Button(interactive=done),
+                gr.Checkbox(value=p.shared, interactive=p.status != "created"),
+                svc.running_job_note(settings, owner))
 
-    tick_outputs = [timer, progress_html, plot, results_md, results, stop_btn, resume_btn, use_btn, download,
-                    merge_btn, busy_md]
+    tick_outputs = [timer, progress_html, plot, plot_curves, results_md, results, stop_btn, resume_btn, use_btn, download,
+                    merge_btn, try_btn, share_box, busy_md]
 
-    def on_stop(jid: str | None) -> None:
+    def on_busy(token: Any, request: gr.Request) -> str:
+        try:
+            owner = identity.owner(settings, token, request)
+        except VitdemoError:
+            owner = None  # the page is still getting its token
+        return svc.running_job_note(settings, owner)
+
+    def on_stop(jid: str | None, token: Any, request: gr.Request) -> None:
+        owner = who(token, request)
         if jid:
             try:
-                svc.stop(settings, jid)
+                svc.stop(settings, jid, owner)
             except VitdemoError as err:
                 _error(err)
             gr.Info("stopping after the current step; the checkpoint is kept")
 
-    def on_resume(jid: str | None) -> tuple:
+    def on_resume(jid: str | None, token: Any, request: gr.Request) -> tuple:
+        owner = who(token, request)
         try:
-            svc.resume(settings, jid or "")
+            svc.resume(settings, jid or "", owner)
         except VitdemoError as err:
             _error(err)
         return gr.Timer(active=True), gr.Button(interactive=False)
 
-    def on_pick(jid: str | None) -> tuple:
-        return jid, gr.Timer(active=bool(jid))
-
-    def on_use(jid: str | None) -> str:
+    def on_jobs_focus(shown: Any, token: Any, request: gr.Request) -> tuple:
+        """This user's jobs; new choices are sent only when they changed."""
         try:
-            adapter, _ = svc.adapter_paths(settings, jid or "")
+            choices = svc.job_choices(settings, identity.owner(settings, token, request))
+        except VitdemoError:
+            return gr.skip(), gr.skip()
+        if choices == shown:
+            return gr.skip(), gr.skip()
+        return gr.Dropdown(choices=choices), choices
+
+    def on_pick(jid: str | None, token: Any, request: gr.Request) -> tuple:
+        if not jid:
+            return None, gr.Timer(active=False)
+        try:
+            svc.progress(settings, jid, who(token, request))  # only a job this user may see
+        except VitdemoError as err:
+            gr.Warning(str(err))
+            return gr.skip(), gr.skip()
+        return jid, gr.Timer(active=True)
+
+    def on_share(jid: str | None, shared: bool, token: Any, request: gr.Request) -> Any:
+        """Runs on a user's click only (.input), never when a tick shows the flag."""
+        if not jid:
+            return gr.skip()
+        try:
+            svc.share(settings, jid, who(token, request), bool(shared))
+        except VitdemoError as err:
+            gr.Warning(str(err))
+            return not shared  # put the box back
+        gr.Info("shared with everyone on this server" if shared else "no longer shared: only you see it")
+        return gr.skip()
+
+    def on_use(jid: str | None, token: Any, request: gr.Request) -> tuple:
+        try:
+            adapter, _ = svc.adapter_paths(settings, jid or "", who(token, request))
             with engine.locked(adapter=str(adapter)):  # loads it now: a broken adapter fails here
                 pass
         except VitdemoError as err:
             _error(err)
         gr.Info("the Chat and Attention tabs now answer you with this adapter (other users keep theirs)")
-        return str(adapter)
+        return str(adapter), gr.Button(interactive=True)
 
-    def on_base() -> str:
+    def on_base() -> tuple:
         gr.Info("the Chat and Attention tabs answer you with the base model again")
-        return adapter_choice.BASE_MODEL
+        return adapter_choice.BASE_MODEL, gr.Button(interactive=False)
 
-    def on_merge(jid: str | None) -> str:
+    def on_merge(jid: str | None, token: Any, request: gr.Request) -> tuple:
         try:
-            return f"Merged model written to `{svc.merge(settings, jid or '')}`"
+            merged = svc.merge(settings, jid or "", who(token, request))
+            zipped = svc.merged_zip(merged)
         except VitdemoError as err:
             _error(err)
+        value = _copy_to_cache(zipped, f"merged-{jid}.zip") if zipped else None
+        return svc.merge_markdown(merged, zipped), gr.File(value=value, visible=value is not None)
 
-    def on_try(jid: str | None, image: str | None, question: str) -> tuple[str, str]:
+    def on_try(jid: str | None, image: str | None, question: str, token: Any, request: gr.Request) -> tuple:
         if not image or not (question or "").strip():
-            raise gr.Error("give an image and a question", print_exception=False)
+            gr.Warning("Give an image and a question.")
+            return gr.skip(), gr.skip()
         try:
-            adapter, _ = svc.adapter_paths(settings, jid or "")
+            adapter, _ = svc.adapter_paths(settings, jid or "", who(token, request))
             img = open_image(image, max_pixels=settings.max_image_pixels)
             conv = [user_message(question, 1)]
             gen = GenerationSettings(max_new_tokens=32)
             base = answer(engine, conv, [img], gen, adapter=None)
             tuned = answer(engine, conv, [img], gen, adapter=str(adapter))
-        except VitdemoError as err:
-            _error(err)
+        except VitdemoError as err:  # a user's mistake (not an image, no job): a warning, outputs kept
+            gr.Warning(str(err))
+            return gr.skip(), gr.skip()
         return base, tuned
 
-    check_btn.click(on_check, [files, checked], [checked, report_md, gallery, problems, start_btn])
-    check_pairs_btn.click(on_check_pairs, [pair_images, pairs, checked],
+    check_btn.click(on_check, [files, checked, drop_bad, session], [checked, report_md, gallery, problems, start_btn])
+    check_pairs_btn.click(on_check_pairs, [pair_images, pairs, checked, drop_bad, session],
                           [checked, report_md, gallery, problems, start_btn])
+    drop_bad.change(on_drop, [checked, drop_bad], [start_btn], show_progress="hidden")
     pair_images.upload(on_pair_images, [pair_images, pairs], [pairs])
     start_btn.click(on_start, [checked, drop_bad, rank, alpha, lr, epochs, min_steps, batch, eval_frac, dropout,
-                               projector, guard_weight, probe_text], [job_id, timer, start_btn, stop_btn])
-    timer.tick(on_tick, [job_id], tick_outputs, show_progress="hidden")
-    stop_btn.click(on_stop, [job_id], None)
-    resume_btn.click(on_resume, [job_id], [timer, resume_btn])
-    jobs.focus(lambda: gr.Dropdown(choices=svc.job_choices(settings)), None, [jobs])
-    jobs.change(on_pick, [jobs], [job_id, timer])
-    use_btn.click(on_use, [job_id], [adapter_state], concurrency_id="vitdemo-generate")
-    base_btn.click(on_base, None, [adapter_state])
-    merge_btn.click(on_merge, [job_id], [merge_md])
-    try_btn.click(on_try, [job_id, try_image, try_q], [try_base, try_tuned], concurrency_id="vitdemo-generate")
+                               projector, guard_weight, probe_text, session],
+                    [job_id, timer, start_btn, stop_btn, busy_md])
+    timer.tick(on_tick, [job_id, plot_curves, session], tick_outputs, show_progress="hidden")
+    busy_timer.tick(on_busy, [session], [busy_md], show_progress="hidden", queue=False)
+    stop_btn.click(on_stop, [job_id, session], None)
+    resume_btn.click(on_resume, [job_id, session], [timer, resume_btn])
+    jobs_shown = gr.State(None)  # the job choices this page has
+    jobs.focus(on_jobs_focus, [jobs_shown, session], [jobs, jobs_shown], show_progress="hidden")
+    jobs.change(on_pick, [jobs, session], [job_id, timer])
+    share_box.input(on_share, [job_id, share_box, session], [share_box])
+    use_btn.click(on_use, [job_id, session], [adapter_state, base_btn], concurrency_id="vitdemo-generate")
+    base_btn.click(on_base, None, [adapter_state, base_btn])
+    merge_btn.click(on_merge, [job_id, session], [merge_md, merged_file])
+    try_btn.click(on_try, [job_id, try_image, try_q, session], [try_base, try_tuned],
+                  concurrency_id="vitdemo-generate")
     return {"files": files, "check": check_btn, "start": start_btn, "stop": stop_btn, "plot": plot,
             "results": results, "timer": timer}

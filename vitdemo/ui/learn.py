@@ -216,7 +216,7 @@ def _shots(engine: Any, image_path: str, question: str, examples_text: str):
 
 # --- layout and wiring ------------------------------------------------------------------
 
-def create_learn_tab(engine: Any, settings: Any = None) -> None:
+def create_learn_tab(engine: Any, settings: Any = None, session: gr.BrowserState | None = None) -> None:
     examples = _example_paths(engine)
     first = examples[0] if examples else None
     n_layers, n_heads = learn.decoder_layers_and_heads(engine)
@@ -295,7 +295,7 @@ def create_learn_tab(engine: Any, settings: Any = None) -> None:
                         "fine-tuned adapter, and how the attention map moved."):
             from vitdemo.ui import learn_compare
 
-            learn_compare.create_compare_section(engine, getattr(settings, "home", None), first)
+            learn_compare.create_compare_section(engine, getattr(settings, "home", None), first, settings, session)
 
         with _section(columns, False, "### 5. Zero-shot and few-shot\nAsk something phrased in a way the model never saw, "
                         "alone (zero-shot) and after a few worked examples in the conversation (few-shot)."):

@@ -10,12 +10,16 @@ from vitdemo.errors import VitdemoError
 from vitdemo.learn.compare import available_adapters, compare_adapter
 
 
-def _run(engine: Any, image_path: str | None, question: str, adapter: str | None, cmap: str):
+def _run(engine: Any, image_path: str | None, question: str, adapter: str | None, cmap: str,
+         allowed: list[str] | None = None):
     from vitdemo.attention.attend import View, render_map
     from vitdemo.core.images import open_image
 
     if not image_path:
         raise gr.Error("Pick or upload an image first.")
+    if allowed is not None and adapter and adapter not in allowed:  # another user's job, or gone
+        gr.Warning("Choose an adapter from the list (press Refresh the list).")
+        return gr.skip()
     try:
         image = open_image(image_path)
         result = compare_adapter(engine, image, question, adapter or "")
@@ -29,11 +33,20 @@ def _run(engine: Any, image_path: str | None, question: str, adapter: str | None
             render_map(image, diff, result.box, View(cmap="coolwarm"), "tuned - base"))
 
 
-def create_compare_section(engine: Any, home: Any, first_image: str | None) -> None:
+def create_compare_section(engine: Any, home: Any, first_image: str | None, settings: Any = None,
+                           session: gr.BrowserState | None = None) -> None:
+    """`session` (vitdemo.ui.identity) picks whose jobs are listed; without it, examples and shared jobs."""
+    from vitdemo.ui import identity
     from vitdemo.ui.components import image_input
 
-    def adapters():
-        return available_adapters(home)
+    def owner_of(token: Any, request: gr.Request | None) -> Any:
+        try:
+            return identity.owner(settings, token, request) if settings is not None else None
+        except VitdemoError:
+            return None  # the page has no token yet: examples and shared jobs only
+
+    def adapters(token: Any = None, request: gr.Request | None = None) -> list[tuple[str, str]]:
+        return available_adapters(home, owner_of(token, request))
 
     with gr.Row():
         image = image_input(first_image)
@@ -41,7 +54,8 @@ def create_compare_section(engine: Any, home: Any, first_image: str | None) -> N
             question = gr.Textbox(value="What color is the circle? Answer in Chinese.", label="Question")
             choices = adapters()
             adapter = gr.Dropdown(choices=choices, value=choices[0][1] if choices else None,
-                                  label="Fine-tuned adapter (shipped examples and your finished jobs)")
+                                  label="Fine-tuned adapter (shipped examples and your finished jobs)",
+                                  elem_id="learn-compare-adapter")
             refresh = gr.Button("Refresh the list", size="sm")
             cmap = gr.Dropdown(["jet", "viridis", "inferno", "magma"], value="jet", label="Colormap")
             run = gr.Button("Compare", variant="primary", elem_id="learn-compare-run")
@@ -52,6 +66,15 @@ def create_compare_section(engine: Any, home: Any, first_image: str | None) -> N
         base_map = gr.Image(label="Base: where the first answer word looked", type="pil")
         tuned_map = gr.Image(label="Fine-tuned: where it looked", type="pil")
         diff_map = gr.Image(label="Difference (red: more, blue: less)", type="pil", elem_id="learn-compare-diff")
-    refresh.click(lambda: gr.update(choices=adapters()), None, [adapter])
-    run.click(lambda *a: _run(engine, *a), [image, question, adapter, cmap],
+    mine = [session] if session is not None else []
+
+    def on_refresh(token: Any = None, request: gr.Request = None) -> Any:
+        return gr.update(choices=adapters(token, request))
+
+    def on_run(image_path: Any, q: str, chosen: Any, colors: str, token: Any = None, request: gr.Request = None):
+        allowed = [folder for _, folder in adapters(token, request)]
+        return _run(engine, image_path, q, chosen, colors, allowed)
+
+    refresh.click(on_refresh, mine, [adapter])
+    run.click(on_run, [image, question, adapter, cmap] + mine,
               [base_answer, tuned_answer, base_map, tuned_map, diff_map])
