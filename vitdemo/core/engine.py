@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import threading
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -271,7 +272,9 @@ class Engine:
             self._peft.base_model.disable_adapter_layers()
             self._active = None
         if self._adapters:
-            self._peft.delete_adapter(name)
+            with warnings.catch_warnings():  # peft warns when the active one goes; logged below
+                warnings.filterwarnings("ignore", message="Adapter .* was active which is now deleted")
+                self._peft.delete_adapter(name)
         else:  # peft keeps no valid state without an adapter: take its layers out of the model
             self._peft.unload()
             self._peft = None
