@@ -143,6 +143,9 @@ class View:
     smooth: bool = False  # bilinear instead of one flat colour per cell
     colorbar: bool = True  # a colour bar with the value range under the picture
     min_side: int = 0  # enlarge smaller images to this many pixels on the long side (screens)
+    # Colours centred on zero (-m..m, m the largest |value|): for differences, with a diverging
+    # colormap, so white means "no change" instead of the smallest value.
+    centre_zero: bool = False
 
 
 def render_map(image: Image.Image, grid_map: np.ndarray, box: tuple[float, float, float, float],
@@ -151,9 +154,12 @@ def render_map(image: Image.Image, grid_map: np.ndarray, box: tuple[float, float
     if scale != 1.0:
         image = image.resize((round(image.width * scale), round(image.height * scale)), Image.LANCZOS)
         box = (box[0] * scale, box[1] * scale, box[2] * scale, box[3] * scale)
-    pic = heatmaps.overlay(image, grid_map, box, cmap=view.cmap, opacity=view.opacity, smooth=view.smooth)
+    lo, hi = float(np.min(grid_map)), float(np.max(grid_map))
+    if view.centre_zero:
+        lo, hi = -max(abs(lo), abs(hi), 1e-12), max(abs(lo), abs(hi), 1e-12)
+    pic = heatmaps.overlay(image, grid_map, box, cmap=view.cmap, opacity=view.opacity, smooth=view.smooth,
+                           vmin=lo, vmax=hi)
     if view.colorbar:
-        lo, hi = float(np.min(grid_map)), float(np.max(grid_map))
         bar = heatmaps.colorbar(view.cmap, lo, hi, width=max(pic.width, 160), label=label)
         out = Image.new("RGB", (max(pic.width, bar.width), pic.height + bar.height + 4), "white")
         out.paste(pic, (0, 0))

@@ -10,7 +10,7 @@ import json
 import zlib
 import logging
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import gradio as gr
 import numpy as np
@@ -18,6 +18,7 @@ import numpy as np
 from vitdemo import learn
 from vitdemo.errors import VitdemoError
 from vitdemo.learn import fewshot, stages
+from vitdemo.learn.defaults import defaults_for
 from vitdemo.paths import EXAMPLES_DIR
 from vitdemo.ui.choices import dropdown_output
 from vitdemo.ui.components import image_input
@@ -89,6 +90,27 @@ def _open(path: str | None):
         return open_image(path)
     except VitdemoError as err:
         raise gr.Error(str(err)) from err
+
+
+def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A section's handler: a user's mistake (a bad file, an empty question) becomes a warning
+    and every output keeps what it showed (gr.skip()); gr.Error covered them all with "Error"."""
+    def run(*args: Any) -> Any:
+        try:
+            return fn(*args)
+        except (VitdemoError, gr.Error) as err:
+            message = getattr(err, "message", None) or str(err)
+            log.info("learn section refused: %s", message)
+            gr.Warning(message)
+            return gr.skip()
+    run.__name__ = run.__qualname__ = getattr(fn, "__name__", "run")  # the event's api name stays the handler's
+    return run
+
+
+def _example_at(examples: list[str], example: Any) -> str | None:
+    """The image file of section 3's example `example` (its table is about this picture)."""
+    index = int(example or 0)
+    return examples[index] if 0 <= index < len(examples) else None
 
 
 def _prompt_inputs(engine: Any, image, question: str) -> dict:
@@ -219,6 +241,7 @@ def _shots(engine: Any, image_path: str, question: str, examples_text: str):
 def create_learn_tab(engine: Any, settings: Any = None, session: gr.BrowserState | None = None) -> None:
     examples = _example_paths(engine)
     first = examples[0] if examples else None
+    defaults = defaults_for(first)  # questions that agree with the default image
     n_layers, n_heads = learn.decoder_layers_and_heads(engine)
 
     with gr.Column(elem_id="learn-tab"):
@@ -235,7 +258,7 @@ def create_learn_tab(engine: Any, settings: Any = None, session: gr.BrowserState
             with gr.Row():
                 in_image = image_input(first)
                 with gr.Column():
-                    in_question = gr.Textbox(value="What color is the circle?", label="Question")
+                    in_question = gr.Textbox(value=defaults.question, label="Question")
                     in_layer = gr.Slider(0, n_layers - 1, value=n_layers - 1, step=1, label="Layer")
                     in_head = gr.Slider(0, n_heads - 1, value=0, step=1, label="Head")
                     in_query = gr.Dropdown(choices=[], value=None, label="Query token (default: the last)",
@@ -253,7 +276,7 @@ def create_learn_tab(engine: Any, settings: Any = None, session: gr.BrowserState
             def on_inside(*args: Any):
                 return _inside(engine, *args)
 
-            run_inside = dict(fn=on_inside,
+            run_inside = dict(fn=_guarded(on_inside),
                               inputs=[in_image, in_question, in_layer, in_head, in_query, in_shown],
                               outputs=[in_md, in_plot, in_keys, in_query, in_shown])
             in_run.click(**run_inside)
@@ -273,8 +296,8 @@ def create_learn_tab(engine: Any, settings: Any = None, session: gr.BrowserState
                         ct_run = gr.Button("Match", variant="primary")
             ct_md = gr.Markdown()
             ct_plot = gr.Image(label="Which caption fits?", type="pil")
-            ct_suggest.click(lambda p: _suggest_captions(engine, p), [ct_image], [ct_captions])
-            ct_run.click(lambda p, c: _contrastive(engine, p, c), [ct_image, ct_captions], [ct_md, ct_plot])
+            ct_suggest.click(_guarded(lambda p: _suggest_captions(engine, p)), [ct_image], [ct_captions])
+            ct_run.click(_guarded(lambda p, c: _contrastive(engine, p, c)), [ct_image, ct_captions], [ct_md, ct_plot])
 
         with _section(columns, False, "### 3. Stages of visual instruction tuning\nThe classroom model was built in the "
                         "four stages of visual instruction tuning, then a short polish of the fourth. The curves "
@@ -284,12 +307,17 @@ def create_learn_tab(engine: Any, settings: Any = None, session: gr.BrowserState
                                          or [("Example 1", 0)], value=0, label="Example image", scale=3)
                 st_show = gr.Button("Show the stages", variant="primary", scale=1)
             st_notes = gr.Markdown()
-            st_plot = gr.Image(label="Training loss per stage", type="pil")
+            with gr.Row():
+                # The picture the table's questions are about.
+                st_image = gr.Image(value=first, type="filepath", label="The example image", interactive=False,
+                                    height=220, scale=1, elem_id="learn-stages-image")
+                st_plot = gr.Image(label="Training loss per stage", type="pil", scale=3)
             st_table = gr.Dataframe(headers=["after stage", "question", "expected", "answer", "right"],
                                     label="Answers after each stage", wrap=True,
                                     elem_id="learn-stages-table")
-            st_show.click(lambda e: _stage_view(engine, e), [st_example], [st_notes, st_plot, st_table])
-            st_example.change(lambda e: _stage_view(engine, e), [st_example], [st_notes, st_plot, st_table])
+            stage_view = _guarded(lambda e: (*_stage_view(engine, e), _example_at(examples, e)))
+            st_show.click(stage_view, [st_example], [st_notes, st_plot, st_table, st_image])
+            st_example.change(stage_view, [st_example], [st_notes, st_plot, st_table, st_image])
 
         with _section(columns, False, "### 4. Before and after fine-tuning\nThe same question to the base model and to a "
                         "fine-tuned adapter, and how the attention map moved."):
@@ -302,15 +330,17 @@ def create_learn_tab(engine: Any, settings: Any = None, session: gr.BrowserState
             with gr.Row():
                 fs_image = image_input(first)
                 with gr.Column():
-                    fs_question = gr.Textbox(value="Which colour does the circle have?", label="Question")
+                    fs_question = gr.Textbox(value=defaults.fewshot_question, label="Question")
+                    # Worked examples that are true of the default image.
                     fs_examples = gr.Textbox(lines=3, label="Worked examples (question => answer)",
-                                             value="What color is the circle? => red\nWhat color is the square? => blue")
+                                             value=defaults.fewshot_text)
                     fs_run = gr.Button("Compare", variant="primary", elem_id="learn-fewshot-run")
             with gr.Row():
                 fs_zero = gr.Textbox(label="Zero-shot answer")
                 fs_few = gr.Textbox(label="Few-shot answer")
             fs_note = gr.Markdown()
-            fs_run.click(lambda *a: _shots(engine, *a), [fs_image, fs_question, fs_examples], [fs_zero, fs_few, fs_note])
+            fs_run.click(_guarded(lambda *a: _shots(engine, *a)), [fs_image, fs_question, fs_examples],
+                         [fs_zero, fs_few, fs_note])
 
     def show(name: str):
         return [gr.update(visible=(name == s)) for s in SECTIONS]

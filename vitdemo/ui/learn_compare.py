@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import gradio as gr
 
 from vitdemo.errors import VitdemoError
+from vitdemo.learn.defaults import defaults_for
+
+log = logging.getLogger(__name__)
 from vitdemo.learn.compare import available_adapters, compare_adapter
 
 
@@ -15,8 +19,10 @@ def _run(engine: Any, image_path: str | None, question: str, adapter: str | None
     from vitdemo.attention.attend import View, render_map
     from vitdemo.core.images import open_image
 
+    # A user's mistake: a warning, and every output keeps what it showed (gr.skip()).
     if not image_path:
-        raise gr.Error("Pick or upload an image first.")
+        gr.Warning("Pick or upload an image first.")
+        return gr.skip()
     if allowed is not None and adapter and adapter not in allowed:  # another user's job, or gone
         gr.Warning("Choose an adapter from the list (press Refresh the list).")
         return gr.skip()
@@ -24,13 +30,16 @@ def _run(engine: Any, image_path: str | None, question: str, adapter: str | None
         image = open_image(image_path)
         result = compare_adapter(engine, image, question, adapter or "")
     except VitdemoError as err:
-        raise gr.Error(str(err)) from err
+        log.info("learn comparison refused: %s", err)
+        gr.Warning(str(err))
+        return gr.skip()
     view = View(cmap=cmap)
     diff = result.difference
     return (result.base_answer, result.tuned_answer,
             render_map(image, result.base_map, result.box, view, "base attention"),
             render_map(image, result.tuned_map, result.box, view, "tuned attention"),
-            render_map(image, diff, result.box, View(cmap="coolwarm"), "tuned - base"))
+            # Diverging colours centred on 0: white is no change, red more attention, blue less.
+            render_map(image, diff, result.box, View(cmap="RdBu_r", centre_zero=True), "tuned - base"))
 
 
 def create_compare_section(engine: Any, home: Any, first_image: str | None, settings: Any = None,
@@ -51,7 +60,8 @@ def create_compare_section(engine: Any, home: Any, first_image: str | None, sett
     with gr.Row():
         image = image_input(first_image)
         with gr.Column():
-            question = gr.Textbox(value="What color is the circle? Answer in Chinese.", label="Question")
+            # A question the default image answers (it has no circle), for the shipped adapter.
+            question = gr.Textbox(value=f"{defaults_for(first_image).question} Answer in Chinese.", label="Question")
             choices = adapters()
             adapter = gr.Dropdown(choices=choices, value=choices[0][1] if choices else None,
                                   label="Fine-tuned adapter (shipped examples and your finished jobs)",
