@@ -64,6 +64,7 @@ def main() -> int:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from vitdemo.attention.capture import CaptureSettings, capture, decoder_attention_modules, estimate_capture_bytes
+    from vitdemo.chat.conversation import user_message
 
     torch.set_num_threads(args.threads)
     folder, kind = _model_dir(args.model)
@@ -71,7 +72,7 @@ def main() -> int:
     processor = AutoProcessor.from_pretrained(folder)
     image, question = _scene()
     prompt = processor.apply_chat_template(
-        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}],
+        [user_message(question, 1)],
         add_generation_prompt=True)
     inputs = processor(images=[image], text=prompt, return_tensors="pt")
     n = args.new_tokens

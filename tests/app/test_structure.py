@@ -178,3 +178,17 @@ def test_class_names_are_not_shared_by_two_modules():
                 where.setdefault(node.name, []).append(path)
     shared = {name: paths for name, paths in where.items() if len(paths) > 1}
     assert not shared, shared
+
+
+def test_engine_and_settings_parameters_have_their_real_types():
+    """A parameter named engine or settings is an Engine or Settings, not Any: the boundary
+    between the tabs and the logic says what crosses it."""
+    loose = []
+    for path, tree in _trees("vitdemo").items():
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                args = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+                loose += [f"{path}:{node.lineno} {node.name}({a.arg})" for a in args
+                          if a.arg in ("engine", "settings") and isinstance(a.annotation, ast.Name)
+                          and a.annotation.id == "Any"]
+    assert not loose, loose

@@ -29,7 +29,7 @@ from vitdemo.attention.capture import (
     stream_capture,
     to_model,
 )
-from vitdemo.core.engine import KEEP
+from vitdemo.core.engine import KEEP, Engine
 from vitdemo.errors import InputError, UnsupportedModelError
 from vitdemo.attention.layouts import build_layout
 
@@ -47,7 +47,7 @@ class MapsEvent:
     notice: str | None = None  # why there are no maps (shown once by the UI)
 
 
-def stream_with_maps(engine: Any, conversation: Sequence[dict[str, Any]], images: Sequence[Image.Image],
+def stream_with_maps(engine: Engine, conversation: Sequence[dict[str, Any]], images: Sequence[Image.Image],
                      gen: Any = None, settings: CaptureSettings = CaptureSettings(),
                      stop_event: threading.Event | None = None, adapter: Any = KEEP) -> Iterator[MapsEvent]:
     """Answer the conversation with capture on; see the module docstring.
@@ -93,13 +93,13 @@ def stream_with_maps(engine: Any, conversation: Sequence[dict[str, Any]], images
         yield MapsEvent(text, piece, None, None, notice)
 
 
-def attend(engine: Any, images: Sequence[Image.Image], question: str, gen: Any = None,
+def attend(engine: Engine, images: Sequence[Image.Image], question: str, gen: Any = None,
            settings: CaptureSettings = CaptureSettings()) -> tuple[str, AttentionResult | None, str | None]:
     """(answer, result or None, notice): one question about one or more images."""
-    content: list[dict[str, Any]] = [{"type": "image"} for _ in images]
-    content.append({"type": "text", "text": question})
+    from vitdemo.chat.conversation import user_message
+
     text, result, notice = "", None, None
-    for event in stream_with_maps(engine, [{"role": "user", "content": content}], images, gen, settings):
+    for event in stream_with_maps(engine, [user_message(question, len(images))], images, gen, settings):
         text, result, notice = event.text, event.result, event.notice
     return text.strip(), result, notice
 
@@ -113,12 +113,12 @@ def attend_payload(answer: str, result: AttentionResult | None, notice: str | No
     return result.to_json()
 
 
-def attend_json(engine: Any, images: Sequence[Image.Image], question: str, gen: Any = None) -> dict[str, Any]:
+def attend_json(engine: Engine, images: Sequence[Image.Image], question: str, gen: Any = None) -> dict[str, Any]:
     """attend() as the JSON object of attend_payload."""
     return attend_payload(*attend(engine, images, question, gen))
 
 
-def attend_file(engine: Any, image_path: str | None, question: str | None, gen: Any = None,
+def attend_file(engine: Engine, image_path: str | None, question: str | None, gen: Any = None,
                 max_pixels: int | None = None) -> dict[str, Any]:
     """attend_json for one image file, with the Attention tab's checks (InputError/ImageError)."""
     from vitdemo.core.images import DEFAULT_MAX_PIXELS, open_image

@@ -108,14 +108,6 @@ def colorbar(cmap: str = DEFAULT_COLORMAP, vmin: float = 0.0, vmax: float = 1.0,
     return out
 
 
-def with_colorbar(picture: Image.Image, cmap: str, vmin: float, vmax: float) -> Image.Image:
-    bar = colorbar(cmap, vmin, vmax, width=max(picture.width, 120))
-    out = Image.new("RGB", (max(picture.width, bar.width), picture.height + bar.height + 4), "white")
-    out.paste(picture, (0, 0))
-    out.paste(bar, (0, picture.height + 4))
-    return out
-
-
 def head_grid(image: Image.Image, head_maps: np.ndarray, box: Box, *, cmap: str = DEFAULT_COLORMAP,
               opacity: float = 0.5, thumb: int = 128, columns: int = 8,
               labels: Sequence[str] | None = None, smooth: bool = False) -> Image.Image:

@@ -321,10 +321,6 @@ LAYOUT_BUILDERS: dict[str, LayoutBuilder] = {
 }
 
 
-def supports(config: Any) -> bool:
-    return getattr(config, "model_type", None) in LAYOUT_BUILDERS
-
-
 def check_supported(config: Any) -> None:
     model_type = getattr(config, "model_type", None)
     if model_type not in LAYOUT_BUILDERS:

@@ -14,11 +14,14 @@ import os
 import threading
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from vitdemo.errors import BusyError, ModelLoadError
 from vitdemo.core.fair_lock import FairLock
 from vitdemo.core.loading import LoadedModel, load_model, resolve_model_source
+
+if TYPE_CHECKING:  # core does not need the settings module at run time
+    from vitdemo.config import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +65,7 @@ class Engine:
         self._mixable: dict[str, bool] = {}  # adapter folder -> its LoRA layers are all in the language model
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "Engine":
+    def from_settings(cls, settings: Settings) -> "Engine":
         """Load the model the settings name (default model if none) and its adapter."""
         engine = cls(_load_from_settings(settings, resolve_model_source(settings.model, settings.home)),
                      max_adapters=settings.max_loaded_adapters)
@@ -71,7 +74,7 @@ class Engine:
         return engine
 
     @classmethod
-    def load_in_background(cls, settings: Any, *, start: bool = True) -> "Engine":
+    def load_in_background(cls, settings: Settings, *, start: bool = True) -> "Engine":
         """An Engine at once; the model loads in a thread and the first use waits for it.
 
         The web page can be served while torch and transformers import (seconds); a load
@@ -334,7 +337,7 @@ class Engine:
         self._active = MIXED
 
 
-def _load_from_settings(settings: Any, source: str) -> LoadedModel:
+def _load_from_settings(settings: Settings, source: str) -> LoadedModel:
     return load_model(
         source,
         quant=settings.quant,

@@ -1,4 +1,4 @@
-"""A small random LLaVA built in code: the default model until the classroom model ships.
+"""A small random LLaVA built in code: the model used when the classroom model's files are missing.
 
 It has the real architecture (CLIP vision tower, projector, Llama language model, a
 tokenizer with a chat template) and goes through exactly the same `from_pretrained` path

@@ -293,7 +293,7 @@ def resolve_model_source(model: str | None, home: str | os.PathLike) -> str:
 
     folder: Path = ensure_fallback_model(home)
     logger.warning(
-        "no classroom model in %s yet: using the built-in fallback model %s (random weights)",
+        "no classroom model in %s: using the built-in fallback model %s (random weights)",
         CLASSROOM_MODEL_DIR, folder,
     )
     return str(folder)

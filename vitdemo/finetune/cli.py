@@ -18,7 +18,10 @@ import logging
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the commands import their modules when they run
+    from vitdemo.config import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +98,7 @@ def _config_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return FinetuneConfig.from_dict(cfg).to_dict()  # validates
 
 
-def _settings(args: argparse.Namespace) -> Any:
+def _settings(args: argparse.Namespace) -> Settings:
     from vitdemo.config import Settings
 
     return Settings.from_args(args)

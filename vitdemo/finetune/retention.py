@@ -28,6 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from vitdemo.chat.conversation import assistant_message, user_message
 from vitdemo.finetune.evaluate import EvalItem, generate_answers
 from vitdemo.finetune.sft import IGNORE_INDEX, encode_conversation, normalize_answer
 
@@ -83,8 +84,7 @@ def _ask(model: Any, processor: Any, pairs: Sequence[tuple[Any, str]], max_new_t
 
 
 def _messages(question: str, answer: str) -> list[dict]:
-    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]},
-            {"role": "assistant", "content": [{"type": "text", "text": answer}]}]
+    return [user_message(question, 1), assistant_message(answer)]
 
 
 def probe_questions(model: Any, processor: Any, images: Sequence[Any], *, classroom: bool,

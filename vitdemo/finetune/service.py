@@ -13,6 +13,8 @@ from typing import Any, Sequence
 
 from vitdemo.finetune.data.records import DataLimits, DatasetReport, ingest_upload, load_dataset, records_from_pairs, save_records
 from vitdemo.finetune.data.formats import ParseLimits
+from vitdemo.config import Settings
+from vitdemo.core.engine import Engine
 from vitdemo.errors import DatasetError, InputError
 from vitdemo.finetune.config import FinetuneConfig
 from vitdemo.finetune.forgetting import retention_notes, retention_row
@@ -37,7 +39,7 @@ def cutoff_for(model: Any) -> int:
     return int(min(getattr(cfg, "max_position_embeddings", 2048) or 2048, 2048))
 
 
-def _limits(engine: Any, settings: Any) -> DataLimits:
+def _limits(engine: Engine, settings: Settings) -> DataLimits:
     return DataLimits(parse=ParseLimits(max_records=settings.max_records),
                       max_tokens=cutoff_for(engine.model), max_image_pixels=settings.max_image_pixels)
 
@@ -54,14 +56,14 @@ def _discard_unstarted(home: Path, job_id: str | None) -> None:
         shutil.rmtree(job.dir, ignore_errors=True)
 
 
-def _new_job(engine: Any, settings: Any, owner: Owner) -> Job:
+def _new_job(engine: Engine, settings: Settings, owner: Owner) -> Job:
     """A fresh job folder; old jobs are pruned first (settings.job_ttl_hours), so disk stays bounded."""
     prune_jobs(settings.home, getattr(settings, "job_ttl_hours", 0))
     return new_job(settings.home, model=engine.loaded.source, config={}, quant=settings.quant, device=settings.device,
                    owner=owner.id)
 
 
-def _open(settings: Any, job_id: str, owner: Owner | None, change: bool = False) -> Job:
+def _open(settings: Settings, job_id: str, owner: Owner | None, change: bool = False) -> Job:
     """The job, if this owner may see it (or change it): anyone else's reads as "no such job"."""
     job = open_job(settings.home, job_id)
     allowed = can_change if change else can_see
@@ -72,7 +74,7 @@ def _open(settings: Any, job_id: str, owner: Owner | None, change: bool = False)
     return job
 
 
-def check_upload(engine: Any, settings: Any, files: Sequence[str], owner: Owner,
+def check_upload(engine: Engine, settings: Settings, files: Sequence[str], owner: Owner,
                  previous_job: str | None = None) -> CheckResult:
     """Copy/unpack the uploads into a new job's data folder and check them."""
     if not files:
@@ -89,7 +91,7 @@ def check_upload(engine: Any, settings: Any, files: Sequence[str], owner: Owner,
     return CheckResult(job, report)
 
 
-def check_pairs(engine: Any, settings: Any, images: Sequence[str], rows: Sequence[Sequence[Any]], owner: Owner,
+def check_pairs(engine: Engine, settings: Settings, images: Sequence[str], rows: Sequence[Sequence[Any]], owner: Owner,
                 previous_job: str | None = None) -> CheckResult:
     """Pairs typed in the page: rows of (image file name, instruction, answer)."""
     rows = [list(r) + [""] * (3 - len(r)) for r in rows if any(str(c or "").strip() for c in r)]
@@ -159,7 +161,7 @@ def problem_rows(report: DatasetReport) -> list[list[Any]]:
     return [p.as_row() for p in report.all_problems()[:PROBLEMS_MAX]]
 
 
-def start_checked(engine: Any, settings: Any, checked: CheckResult, config: dict[str, Any], drop_bad: bool,
+def start_checked(engine: Engine, settings: Settings, checked: CheckResult, config: dict[str, Any], drop_bad: bool,
                   owner: Owner) -> Job:
     """Start the job of a check result (works for uploads and typed pairs alike)."""
     job, report = _open(settings, checked.job.id, owner, change=True), checked.report
@@ -178,7 +180,7 @@ def start_checked(engine: Any, settings: Any, checked: CheckResult, config: dict
     return job
 
 
-def resume(settings: Any, job_id: str, owner: Owner) -> Job:
+def resume(settings: Settings, job_id: str, owner: Owner) -> Job:
     job = _open(settings, job_id, owner, change=True)
     data = job.refresh()
     if data.get("status") in ("running", "stopping"):
@@ -189,11 +191,11 @@ def resume(settings: Any, job_id: str, owner: Owner) -> Job:
     return job
 
 
-def stop(settings: Any, job_id: str, owner: Owner) -> dict[str, Any]:
+def stop(settings: Settings, job_id: str, owner: Owner) -> dict[str, Any]:
     return stop_job(_open(settings, job_id, owner, change=True), wait_s=0)
 
 
-def share(settings: Any, job_id: str, owner: Owner, shared: bool = True) -> None:
+def share(settings: Settings, job_id: str, owner: Owner, shared: bool = True) -> None:
     """Mark a job shared with everyone on this server (the class), or private again."""
     _open(settings, job_id, owner, change=True).update(shared=bool(shared))
 
@@ -242,7 +244,7 @@ def _no_results_note(events: list[dict[str, Any]], data: dict[str, Any]) -> str:
             "out from 10 records on). Upload more records, or raise the held-out share in the LoRA settings.")
 
 
-def progress(settings: Any, job_id: str, owner: Owner | None) -> Progress:
+def progress(settings: Settings, job_id: str, owner: Owner | None) -> Progress:
     job = _open(settings, job_id, owner)
     data = job.refresh()
     events = job.events()
@@ -311,7 +313,7 @@ def results_markdown(results: dict[str, Any] | None) -> str:
             + ("\n\n" + retention_notes(s.get("retention")) if s.get("retention") else ""))
 
 
-def job_choices(settings: Any, owner: Owner | None) -> list[tuple[str, str]]:
+def job_choices(settings: Settings, owner: Owner | None) -> list[tuple[str, str]]:
     """(label, id) of the started jobs this owner may see: their own, shared ones (all, for the teacher)."""
     out = []
     for j in list_jobs(settings.home):
@@ -324,14 +326,14 @@ def job_choices(settings: Any, owner: Owner | None) -> list[tuple[str, str]]:
     return out
 
 
-def adapter_paths(settings: Any, job_id: str, owner: Owner | None) -> tuple[Path, Path]:
+def adapter_paths(settings: Settings, job_id: str, owner: Owner | None) -> tuple[Path, Path]:
     job = _open(settings, job_id, owner)
     if not (job.adapter_dir / "adapter_config.json").is_file():
         raise InputError("this job has no finished adapter yet")
     return job.adapter_dir, job.dir / "adapter.zip"
 
 
-def merge(settings: Any, job_id: str, owner: Owner) -> Path:
+def merge(settings: Settings, job_id: str, owner: Owner) -> Path:
     from vitdemo.finetune.trainer import merge_adapter
 
     job = _open(settings, job_id, owner, change=True)
@@ -365,13 +367,13 @@ def merge_markdown(merged: Path, zipped: Path | None) -> str:
             "From elsewhere, download the adapter (a few MB) and load it on the same base model.")
 
 
-def zip_path(settings: Any, job_id: str, owner: Owner | None) -> str | None:
+def zip_path(settings: Settings, job_id: str, owner: Owner | None) -> str | None:
     job = _open(settings, job_id, owner)
     path = job.dir / "adapter.zip"
     return str(path) if path.is_file() else None
 
 
-def busy_message(settings: Any, busy: str, owner: Owner | None) -> str:
+def busy_message(settings: Settings, busy: str, owner: Owner | None) -> str:
     """One job runs at a time: Start is refused (not queued) while one runs; says whose it is."""
     try:
         data = open_job(settings.home, busy).read()
@@ -383,7 +385,7 @@ def busy_message(settings: Any, busy: str, owner: Owner | None) -> str:
             "until it ends; press Start again then.")
 
 
-def running_job_note(settings: Any, owner: Owner | None = None) -> str:
+def running_job_note(settings: Settings, owner: Owner | None = None) -> str:
     """A line for every user while a job runs on this server (one job at a time)."""
     busy = running_job(settings.home)
     return busy_message(settings, busy, owner) if busy else ""

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
+from vitdemo.core.engine import Engine
 from vitdemo.errors import UnsupportedModelError
 
 
-def classroom_folder(engine: Any) -> Path:
+def classroom_folder(engine: Engine) -> Path:
     """The loaded model's folder if it carries the classroom extras, else a polite error."""
     folder = Path(str(engine.loaded.source))
     if (folder / "training.json").is_file() and (folder / "contrastive").is_dir():
@@ -21,7 +21,7 @@ def classroom_folder(engine: Any) -> Path:
         f"--model to use the classroom model.")
 
 
-def decoder_layers_and_heads(engine: Any) -> tuple[int, int]:
+def decoder_layers_and_heads(engine: Engine) -> tuple[int, int]:
     """The language model's layer and head counts, from config.json when the model is a
     local folder (so the Learn tab is built while the model still loads), else from the model."""
     try:

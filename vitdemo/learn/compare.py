@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from vitdemo.core.engine import Engine
 from vitdemo.errors import InputError
 from vitdemo.paths import ADAPTERS_DIR
 
@@ -28,7 +29,7 @@ class AdapterComparison:
         return self.tuned_map - self.base_map
 
 
-def _answer_with_map(engine: Any, image: Image.Image, question: str, adapter: str | None):
+def _answer_with_map(engine: Engine, image: Image.Image, question: str, adapter: str | None):
     from vitdemo.chat import conversation
     from vitdemo.attention.capture import capture, to_model
     from vitdemo.attention.layouts import build_layout
@@ -42,7 +43,7 @@ def _answer_with_map(engine: Any, image: Image.Image, question: str, adapter: st
     return result.answer.strip(), result.token_maps("answer", 0)[0], result.grids()[0].box
 
 
-def compare_adapter(engine: Any, image: Image.Image, question: str, adapter: str) -> AdapterComparison:
+def compare_adapter(engine: Engine, image: Image.Image, question: str, adapter: str) -> AdapterComparison:
     """Both answers with the default map of their first answer token (the word that decides)."""
     if not question.strip():
         raise InputError("type a question first")

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vitdemo.chat import conversation
+from vitdemo.core.engine import Engine
 from vitdemo.errors import InputError
 
 
@@ -32,7 +33,7 @@ def parse_examples(text: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def compare_shots(engine: Any, image: Any, question: str, examples: list[tuple[str, str]],
+def compare_shots(engine: Engine, image: Any, question: str, examples: list[tuple[str, str]],
                   gen: conversation.GenerationSettings | None = None) -> ShotComparison:
     """Answer `question` about `image` with no examples, then after the examples as earlier turns."""
     if not question.strip():

@@ -12,7 +12,7 @@ from typing import Any
 
 import gradio as gr
 
-from vitdemo.core.engine import KEEP
+from vitdemo.core.engine import KEEP, Engine
 
 SERVER_DEFAULT: str | None = None  # state value: whatever the server was started with
 BASE_MODEL = ""  # state value: the base model, no adapter
@@ -29,7 +29,7 @@ def adapter_arg(choice: str | None) -> Any:
     return None if choice == BASE_MODEL else choice
 
 
-def describe(choice: str | None, engine: Any) -> str:
+def describe(choice: str | None, engine: Engine) -> str:
     """One line for the Chat tab when an adapter answers this user ("" for the base model)."""
     if choice is SERVER_DEFAULT:
         choice = engine.default_adapter or BASE_MODEL

@@ -61,7 +61,7 @@ def _header(engine: Engine) -> str:
              f"Model: `{short_model_name(loaded.source)}` on **{loaded.device}**, quantization "
              f"**{loaded.quantized}**, {loaded.dtype}."]
     if FALLBACK_DIRNAME in loaded.source:
-        lines.append("> The shipped classroom model is not installed yet, so this is the built-in "
+        lines.append("> The classroom model's files are missing (assets/classroom/), so this is the built-in "
                      "fallback: a tiny LLaVA with **random weights**. Its answers are nonsense; it shows "
                      "the machinery. Start with `--model <hub id or folder>` for a real model.")
     return "\n\n".join(lines)

@@ -16,6 +16,8 @@ from vitdemo.attention.attend import View, stream_with_maps
 from vitdemo.core.images import open_image
 from vitdemo.errors import InputError, VitdemoError
 from vitdemo.attention.heatmaps import COLORMAPS, DEFAULT_COLORMAP
+from vitdemo.config import Settings
+from vitdemo.core.engine import Engine
 from vitdemo.core.images import DEFAULT_MAX_PIXELS
 from vitdemo.ui import adapter_choice
 from vitdemo.ui.image_path import ImagePath
@@ -25,7 +27,7 @@ log = logging.getLogger(__name__)
 SPAN_COLORS = {"selected": "#ff9f1c"}
 
 
-def create_attention_tab(engine: Any, settings: Any = None, adapter_state: gr.State | None = None) -> dict[str, Any]:
+def create_attention_tab(engine: Engine, settings: Settings | None = None, adapter_state: gr.State | None = None) -> dict[str, Any]:
     """Build the tab's components inside the current Blocks context; returns them by name."""
     max_new_default = min(64, int(getattr(settings, "max_new_tokens", 64) or 64))
     max_pixels = int(getattr(settings, "max_image_pixels", DEFAULT_MAX_PIXELS) or DEFAULT_MAX_PIXELS)
@@ -116,7 +118,7 @@ def create_attention_tab(engine: Any, settings: Any = None, adapter_state: gr.St
         # A user's mistake is a warning toast and one gr.skip(): every output keeps what it
         # showed (gr.Error would cover them all with "Error"; yielding nothing empties them).
         # Only mistakes skip, so the per-update component copy stays off the normal path.
-        from vitdemo.chat.conversation import GenerationSettings
+        from vitdemo.chat.conversation import GenerationSettings, user_message
 
         signal.event.clear()
         images = [i for i in (img, img2) if i]
@@ -133,7 +135,7 @@ def create_attention_tab(engine: Any, settings: Any = None, adapter_state: gr.St
             return
         s = av.AttentionSession(images=opened, choices_key=getattr(prev, "choices_key", None),
                                 vision_key=getattr(prev, "vision_key", None))
-        content = [{"type": "image"} for _ in images] + [{"type": "text", "text": q}]
+        conversation = [user_message(q, len(images))]
         gen = GenerationSettings(max_new_tokens=int(max_new_v))
         # Each update is sent when the next word arrives, the last one with "Done": so the
         # last picture is sent once (sending the same image twice makes Gradio rewrite its
@@ -142,7 +144,7 @@ def create_attention_tab(engine: Any, settings: Any = None, adapter_state: gr.St
         pending = None
         failed = None
         try:
-            for event in stream_with_maps(engine, [{"role": "user", "content": content}], s.images, gen,
+            for event in stream_with_maps(engine, conversation, s.images, gen,
                                           stop_event=signal.event, adapter=adapter_choice.adapter_arg(adapter)):
                 s.result, s.notice, s.kind, s.index = event.result, event.notice, "answer", -1
                 if pending is not None:

@@ -18,6 +18,8 @@ from vitdemo.finetune import service as svc
 from vitdemo.chat.conversation import GenerationSettings, answer, user_message
 from vitdemo.core.images import open_image
 from vitdemo.errors import VitdemoError
+from vitdemo.config import Settings
+from vitdemo.core.engine import Engine
 from vitdemo.finetune.config import FinetuneConfig
 from vitdemo.finetune.forgetting import prompts_from_text
 from vitdemo.ui import adapter_choice, identity
@@ -95,7 +97,7 @@ def _error(err: VitdemoError) -> None:
     raise gr.Error(str(err), print_exception=False)
 
 
-def create_finetune_tab(engine: Any, settings: Any, adapter_state: gr.State | None = None,
+def create_finetune_tab(engine: Engine, settings: Settings, adapter_state: gr.State | None = None,
                         session: gr.BrowserState | None = None) -> dict[str, Any]:
     """`session`: the page's identity token (vitdemo.ui.identity); made here when the tab stands alone."""
     adapter_state = adapter_state if adapter_state is not None else adapter_choice.new_state()

@@ -19,6 +19,8 @@ from vitdemo import learn
 from vitdemo.errors import VitdemoError
 from vitdemo.learn import fewshot, stages
 from vitdemo.learn.defaults import defaults_for
+from vitdemo.config import Settings
+from vitdemo.core.engine import Engine
 from vitdemo.paths import EXAMPLES_DIR
 from vitdemo.ui.choices import dropdown_output
 from vitdemo.ui.components import image_input
@@ -73,7 +75,7 @@ def _section(columns: list, visible: bool, intro: str) -> Iterator[None]:
         yield
 
 
-def _example_paths(engine: Any) -> list[str]:
+def _example_paths(engine: Engine) -> list[str]:
     folder = Path(str(engine.source)) / "examples"
     paths = sorted(folder.glob("*.png")) if folder.is_dir() else []
     if not paths:
@@ -113,7 +115,7 @@ def _example_at(examples: list[str], example: Any) -> str | None:
     return examples[index] if 0 <= index < len(examples) else None
 
 
-def _prompt_inputs(engine: Any, image, question: str) -> dict:
+def _prompt_inputs(engine: Engine, image, question: str) -> dict:
     from vitdemo.chat import conversation
 
     conv = [conversation.user_message(question, n_images=1)]
@@ -132,7 +134,7 @@ def _fmt(values: list[float], n: int = 8) -> str:
 
 # --- section logic (thin: gather, call vitdemo.learn, format) ---------------------------
 
-def _inside(engine: Any, image_path: str, question: str, layer: int, head: int, query: int | None,
+def _inside(engine: Engine, image_path: str, question: str, layer: int, head: int, query: int | None,
             shown: Any = None):
     """Section 1's outputs; `shown`: the query choices the page shows (new ones are sent only on change)."""
     from vitdemo.learn import inside, plots
@@ -177,7 +179,7 @@ def _inside(engine: Any, image_path: str, question: str, layer: int, head: int, 
     return md, picture, key_table, selector, shown
 
 
-def _contrastive(engine: Any, image_path: str, captions_text: str):
+def _contrastive(engine: Engine, image_path: str, captions_text: str):
     from vitdemo.learn import plots
     from vitdemo.classroom.zero_shot import match_captions
 
@@ -197,7 +199,7 @@ def _contrastive(engine: Any, image_path: str, captions_text: str):
     return md, plots.caption_similarity(match)
 
 
-def _suggest_captions(engine: Any, image_path: str) -> str:
+def _suggest_captions(engine: Engine, image_path: str) -> str:
     from vitdemo.chat import conversation
     from vitdemo.classroom import scenes
 
@@ -212,7 +214,7 @@ def _suggest_captions(engine: Any, image_path: str) -> str:
     return "\n".join([c for c in (described, *others) if c.strip()])
 
 
-def _stage_view(engine: Any, example: int):
+def _stage_view(engine: Engine, example: int):
     from vitdemo.learn import plots
     try:
         records = stages.load_stages(learn.classroom_folder(engine))
@@ -224,7 +226,7 @@ def _stage_view(engine: Any, example: int):
     return notes, plots.loss_curves(records), rows
 
 
-def _shots(engine: Any, image_path: str, question: str, examples_text: str):
+def _shots(engine: Engine, image_path: str, question: str, examples_text: str):
     image = _open(image_path)
     try:
         result = fewshot.compare_shots(engine, image, question, fewshot.parse_examples(examples_text))
@@ -238,7 +240,7 @@ def _shots(engine: Any, image_path: str, question: str, examples_text: str):
 
 # --- layout and wiring ------------------------------------------------------------------
 
-def create_learn_tab(engine: Any, settings: Any = None, session: gr.BrowserState | None = None) -> None:
+def create_learn_tab(engine: Engine, settings: Settings | None = None, session: gr.BrowserState | None = None) -> None:
     examples = _example_paths(engine)
     first = examples[0] if examples else None
     defaults = defaults_for(first)  # questions that agree with the default image

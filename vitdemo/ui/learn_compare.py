@@ -7,6 +7,8 @@ from typing import Any
 
 import gradio as gr
 
+from vitdemo.config import Settings
+from vitdemo.core.engine import Engine
 from vitdemo.errors import VitdemoError
 from vitdemo.learn.defaults import defaults_for
 
@@ -14,7 +16,7 @@ log = logging.getLogger(__name__)
 from vitdemo.learn.compare import available_adapters, compare_adapter
 
 
-def _run(engine: Any, image_path: str | None, question: str, adapter: str | None, cmap: str,
+def _run(engine: Engine, image_path: str | None, question: str, adapter: str | None, cmap: str,
          allowed: list[str] | None = None):
     from vitdemo.attention.attend import View, render_map
     from vitdemo.core.images import open_image
@@ -42,7 +44,7 @@ def _run(engine: Any, image_path: str | None, question: str, adapter: str | None
             render_map(image, diff, result.box, View(cmap="RdBu_r", centre_zero=True), "tuned - base"))
 
 
-def create_compare_section(engine: Any, home: Any, first_image: str | None, settings: Any = None,
+def create_compare_section(engine: Engine, home: Any, first_image: str | None, settings: Settings | None = None,
                            session: gr.BrowserState | None = None) -> None:
     """`session` (vitdemo.ui.identity) picks whose jobs are listed; without it, examples and shared jobs."""
     from vitdemo.ui import identity
