@@ -193,3 +193,31 @@ def test_start_only_when_the_data_can_train_and_the_report_reads_right(tmp_path:
     job.update(status="running")
     assert not svc.can_start(checked, drop_bad=True)  # started already: Resume, not Start
     assert not svc.can_start(None, drop_bad=True)
+
+
+def test_a_shared_job_shows_as_not_changeable_to_others(tmp_path: Path, two_users) -> None:
+    alice, bob = two_users
+    settings = _settings(tmp_path)
+    a_job = _finished_job(tmp_path, alice)
+    svc.share(settings, a_job, alice)
+    assert svc.progress(settings, a_job, alice).changeable
+    assert not svc.progress(settings, a_job, bob).changeable  # no Stop/Resume/Merge/share for Bob
+    with pytest.raises(InputError, match="only its owner"):
+        svc.merge(settings, a_job, bob)
+
+
+def test_a_shared_class_login_leaves_jobs_to_each_browser(tmp_path: Path) -> None:
+    """`--auth class:pw` (everyone the same login) must not make every job everyone's;
+    personal logins (an auth file of several users) own their jobs, the first is the teacher."""
+    from vitdemo.ui import identity
+
+    one = SimpleNamespace(auth_pairs=[("class", "pw")])
+    many = SimpleNamespace(auth_pairs=[("teacher", "a"), ("ann", "b"), ("ben", "c")])
+    t1, t2 = owners.new_token(), owners.new_token()
+    as_class = SimpleNamespace(username="class")
+    assert identity.owner(one, t1, as_class) != identity.owner(one, t2, as_class)
+    assert not identity.owner(one, t1, as_class).teacher
+    assert identity.owner(many, t1, SimpleNamespace(username="ann")).id == "user:ann"
+    assert identity.owner(many, t2, SimpleNamespace(username="ann")).id == "user:ann"  # any browser
+    assert identity.owner(many, None, SimpleNamespace(username="teacher")).teacher
+    assert identity.owner(SimpleNamespace(auth_pairs=[]), t1, None).id.startswith("browser:")

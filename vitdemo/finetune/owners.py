@@ -1,11 +1,11 @@
 """Whose fine-tune jobs a page may see and change.
 
-A job belongs to whoever started it: the logged-in user with --auth, else the browser
-session. A browser session is named by a random token the page keeps in the browser's
+A job belongs to whoever started it: the logged-in user when --auth gives personal logins
+(several users), else the browser session (one shared class login names nobody). A browser session is named by a random token the page keeps in the browser's
 storage (it survives a reload there); job.json stores only a hash of it, so nothing the
 server shows or writes lets one person act as another. Shipped example adapters and jobs
-marked shared are visible to all. The teacher (the first --auth user, "the server's own")
-sees every job and may share any; anyone may share their own.
+marked shared are visible to all. The teacher (the first of several --auth users, "the
+server's own") sees every job and may share any; anyone may share their own.
 """
 
 from __future__ import annotations

@@ -213,6 +213,7 @@ class Progress:
     results: dict[str, Any] | None
     results_note: str = ""  # why there is no before/after table, when there is none
     shared: bool = False
+    changeable: bool = False  # this user may stop, resume, merge and share it (owner or teacher)
 
 
 def _current_run(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -260,7 +261,7 @@ def progress(settings: Settings, job_id: str, owner: Owner | None) -> Progress:
     results = job.results()
     note = _no_results_note(events, data) if results is None and data.get("status") == "completed" else ""
     return Progress(data.get("status", "?"), step, total, eta, curve, message, results, note,
-                    bool(data.get("shared")))
+                    bool(data.get("shared")), can_change(data, owner))
 
 
 def _status_line(data: dict[str, Any], phase: str, step: int, total: int, eta: float | None) -> str:

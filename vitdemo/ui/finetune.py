@@ -253,16 +253,17 @@ def create_finetune_tab(engine: Engine, settings: Settings, adapter_state: gr.St
         results_text = svc.results_markdown(p.results) or p.results_note
         curve, curves = _plot_update(p.curve, shown)
         return (gr.Timer(active=running), _bar(frac, p.message), curve, curves, results_text,
-                svc.results_rows(p.results), gr.Button(interactive=running), gr.Button(interactive=has_ckpt),
+                svc.results_rows(p.results), gr.Button(interactive=running and p.changeable),
+                gr.Button(interactive=has_ckpt and p.changeable),
                 gr.Button(interactive=done),
                 gr.DownloadButton(value=_download(jid, svc.zip_path(settings, jid, owner)) if done else None,
                                   interactive=done),
-                gr.Button(interactive=done), gr.Button(interactive=done),
-                gr.Checkbox(value=p.shared, interactive=p.status != "created"),
+                gr.Button(interactive=done and p.changeable), gr.Button(interactive=done),
+                gr.Checkbox(value=p.shared, interactive=p.changeable and p.status != "created"),
                 svc.running_job_note(settings, owner))
 
-    tick_outputs = [timer, progress_html, plot, plot_curves, results_md, results, stop_btn, resume_btn, use_btn, download,
-                    merge_btn, try_btn, share_box, busy_md]
+    tick_outputs = [timer, progress_html, plot, plot_curves, results_md, results, stop_btn, resume_btn, use_btn,
+                    download, merge_btn, try_btn, share_box, busy_md]
 
     def on_busy(token: Any, request: gr.Request) -> str:
         try:

@@ -33,8 +33,14 @@ def ensure_token(token: Any) -> str:
 
 
 def owner(settings: Settings, token: Any, request: gr.Request | None) -> owners.Owner:
-    """The Owner behind a request; InputError when the page has no token yet."""
+    """The Owner behind a request; InputError when the page has no token yet.
+
+    With personal logins (an --auth file of several users) the login name is the owner and
+    the first user is the teacher. One shared login (`--auth class:password`) names nobody
+    in particular, so there the browser session owns the jobs."""
+    logins = [user for user, _ in settings.auth_pairs]
     username = getattr(request, "username", None) if request is not None else None
-    first = settings.auth_pair[0] if settings.auth_pair else None  # the server's own login: the teacher
-    return owners.owner_for(token, username, first)
+    if len(logins) < 2:
+        username = None
+    return owners.owner_for(token, username, logins[0] if logins else None)
 

@@ -325,7 +325,8 @@ def create_learn_tab(engine: Engine, settings: Settings | None = None, session: 
                         "fine-tuned adapter, and how the attention map moved."):
             from vitdemo.ui import learn_compare
 
-            learn_compare.create_compare_section(engine, getattr(settings, "home", None), first, settings, session)
+            learn_compare.create_compare_section(engine, getattr(settings, "home", None), first, settings, session,
+                                                 opened_by=(section, SECTIONS[3]))
 
         with _section(columns, False, "### 5. Zero-shot and few-shot\nAsk something phrased in a way the model never saw, "
                         "alone (zero-shot) and after a few worked examples in the conversation (few-shot)."):

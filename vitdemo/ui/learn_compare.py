@@ -11,6 +11,7 @@ from vitdemo.config import Settings
 from vitdemo.core.engine import Engine
 from vitdemo.errors import VitdemoError
 from vitdemo.learn.defaults import defaults_for
+from vitdemo.ui.choices import dropdown_output
 
 log = logging.getLogger(__name__)
 from vitdemo.learn.compare import available_adapters, compare_adapter
@@ -45,8 +46,13 @@ def _run(engine: Engine, image_path: str | None, question: str, adapter: str | N
 
 
 def create_compare_section(engine: Engine, home: Any, first_image: str | None, settings: Settings | None = None,
-                           session: gr.BrowserState | None = None) -> None:
-    """`session` (vitdemo.ui.identity) picks whose jobs are listed; without it, examples and shared jobs."""
+                           session: gr.BrowserState | None = None,
+                           opened_by: tuple[gr.Radio, str] | None = None) -> None:
+    """`session` (vitdemo.ui.identity) picks whose jobs are listed; without it, examples and shared jobs.
+
+    `opened_by`: (the section selector, this section's name): opening the section lists the
+    adapters again, so jobs finished since the page was built show up.
+    """
     from vitdemo.ui import identity
     from vitdemo.ui.components import image_input
 
@@ -80,13 +86,26 @@ def create_compare_section(engine: Engine, home: Any, first_image: str | None, s
         diff_map = gr.Image(label="Difference (red: more, blue: less)", type="pil", elem_id="learn-compare-diff")
     mine = [session] if session is not None else []
 
-    def on_refresh(token: Any = None, request: gr.Request = None) -> Any:
-        return gr.update(choices=adapters(token, request))
+    shown = gr.State(tuple(choices))  # the adapter choices this page shows
+
+    def on_refresh(current: Any, shown_now: Any, token: Any = None, request: gr.Request = None) -> tuple[Any, Any]:
+        """The adapter list now; new choices go out only when they changed (else a plain value)."""
+        fresh = adapters(token, request)
+        folders = [folder for _, folder in fresh]
+        return dropdown_output(shown_now, fresh, current if current in folders else (folders[0] if folders else None))
+
+    def on_open(section_name: str, current: Any, shown_now: Any, token: Any = None,
+                request: gr.Request = None) -> tuple[Any, Any]:
+        if opened_by is None or section_name != opened_by[1]:
+            return current, shown_now  # another section: nothing changes
+        return on_refresh(current, shown_now, token, request)
 
     def on_run(image_path: Any, q: str, chosen: Any, colors: str, token: Any = None, request: gr.Request = None):
         allowed = [folder for _, folder in adapters(token, request)]
         return _run(engine, image_path, q, chosen, colors, allowed)
 
-    refresh.click(on_refresh, mine, [adapter])
+    refresh.click(on_refresh, [adapter, shown] + mine, [adapter, shown])
+    if opened_by is not None:
+        opened_by[0].change(on_open, [opened_by[0], adapter, shown] + mine, [adapter, shown])
     run.click(on_run, [image, question, adapter, cmap] + mine,
               [base_answer, tuned_answer, base_map, tuned_map, diff_map])
