@@ -150,3 +150,19 @@ def test_cli_reports_retention_in_finetune_and_eval(tiny, tmp_path: Path, capsys
     assert rc == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert 0 < result["retention"]["n"] <= 5 and 0 <= result["retention"]["agreement"] <= 1
+
+
+def test_page_table_shows_retention_and_the_warning() -> None:
+    from vitdemo.finetune.service import results_markdown
+
+    summary = {"eval_before": {"n": 40, "exact_match": 0.0, "loss": 3.0}, "eval_after": {"exact_match": 0.9, "loss": 0.1},
+               "steps": 200, "seconds": 30, "train_loss": 0.1,
+               "retention": {"n": 160, "agreement": 0.5, "per_form": {"color": 0.1, "where": 0.9}, "guard": "off",
+                             "weight": 0.0, "probes": "classroom question forms"}}
+    text = results_markdown({"summary": summary, "examples": []})
+    assert "| base answers kept (160 probe questions on held-out images) | 100% | 50% |" in text
+    assert "| exact match | 0% | 90% |" in text and "Warning" in text and "turn the retention guard on" in text
+    summary["retention"] = {**summary["retention"], "agreement": 0.97, "guard": "replay", "weight": 1.0}
+    assert "Warning" not in results_markdown({"summary": summary, "examples": []})
+    del summary["retention"]  # jobs from before the guard still show their table
+    assert "base answers kept" not in results_markdown({"summary": summary, "examples": []})
