@@ -28,7 +28,7 @@ torch.set_num_threads(1)
     ({"probe_set": "mine"}, "probe_set must be one of auto, classroom, generic"),
 ])
 def test_bad_guard_settings_are_refused_with_a_message(change: dict, words: str) -> None:
-    with pytest.raises(InputError, match=None) as err:
+    with pytest.raises(InputError) as err:
         FinetuneConfig.from_dict(change)
     assert words in str(err.value)
 
