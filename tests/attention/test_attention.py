@@ -14,8 +14,8 @@ from vitdemo.attention.capture import (
     capture,
     decoder_attention_modules,
     estimate_capture_bytes,
-    to_model,
 )
+from vitdemo.core.batch_inputs import to_model
 from vitdemo.errors import GenerationError, UnsupportedModelError
 from vitdemo.attention.pointing import is_hit, peak_point
 

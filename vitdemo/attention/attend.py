@@ -27,7 +27,6 @@ from vitdemo.attention.capture import (
     NoAttentionWeightsError,
     plan_capture,
     stream_capture,
-    to_model,
 )
 from vitdemo.core.engine import KEEP, Engine
 from vitdemo.errors import InputError, UnsupportedModelError
@@ -56,6 +55,7 @@ def stream_with_maps(engine: Engine, conversation: Sequence[dict[str, Any]], ima
     """
     import torch
 
+    from vitdemo.core.batch_inputs import to_model
     from vitdemo.chat.conversation import GenerationSettings, build_inputs, check_context, stream_answer
 
     gen = gen or GenerationSettings()

@@ -393,17 +393,3 @@ def capture(model: Any, processor: Any, inputs: Any, images: Sequence[Any], gen_
     if result is None:
         raise GenerationError("the model produced no answer tokens, so there are no maps")
     return result
-
-
-def to_model(inputs: Any, model: Any) -> dict[str, Any]:
-    """Tensors onto the model's device; floating ones (pixels) to its compute dtype."""
-    import torch
-    embed = model.get_input_embeddings().weight
-    moved = {}
-    for key, value in inputs.items():
-        if isinstance(value, torch.Tensor):
-            value = value.to(embed.device)
-            if value.is_floating_point():
-                value = value.to(embed.dtype)
-        moved[key] = value
-    return moved

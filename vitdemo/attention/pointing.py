@@ -54,7 +54,8 @@ def is_hit(grid_map: np.ndarray, grid: ImageGrid, target: Target) -> bool:
 
 def first_token_result(model: Any, processor: Any, image: Any, question: str) -> AttentionResult:
     """Capture for the first answer token only: one forward pass, greedy."""
-    from vitdemo.attention.capture import CaptureSettings, capture, to_model
+    from vitdemo.attention.capture import CaptureSettings, capture
+    from vitdemo.core.batch_inputs import to_model
 
     prompt = processor.apply_chat_template([user_message(question, 1)], add_generation_prompt=True, tokenize=False)
     inputs = processor(images=[image], text=prompt, return_tensors="pt")

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from vitdemo.chat.conversation import Conversation, to_model, user_message
+from vitdemo.chat.conversation import Conversation, user_message
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +72,8 @@ def greedy_answers(model: Any, processor: Any, prompts: Sequence[Prompt], *, max
 
 
 def _generate(model: Any, processor: Any, prompts: Sequence[Prompt], gc: Any) -> list[str]:
+    from vitdemo.core.batch_inputs import to_model
+
     texts = [processor.apply_chat_template(list(conv), add_generation_prompt=True, tokenize=False)
              for conv, _ in prompts]
     kwargs: dict[str, Any] = {"text": texts, "return_tensors": "pt", "padding": True}

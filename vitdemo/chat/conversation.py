@@ -138,22 +138,6 @@ def build_inputs(processor: Any, conversation: Sequence[Message], images: Sequen
     return inputs
 
 
-def to_model(inputs: Any, model: Any) -> Any:
-    """Move tensors to the model's device; floating ones (pixels) to its compute dtype."""
-    import torch
-
-    device = model.get_input_embeddings().weight.device
-    dtype = model.get_input_embeddings().weight.dtype
-    moved = {}
-    for key, value in inputs.items():
-        if isinstance(value, torch.Tensor):
-            value = value.to(device)
-            if value.is_floating_point():
-                value = value.to(dtype)
-        moved[key] = value
-    return moved
-
-
 def _context_limit(model: Any) -> int | None:
     config = getattr(model, "config", None)
     text = getattr(config, "text_config", None) or config

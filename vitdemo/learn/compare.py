@@ -31,7 +31,8 @@ class AdapterComparison:
 
 def _answer_with_map(engine: Engine, image: Image.Image, question: str, adapter: str | None):
     from vitdemo.chat import conversation
-    from vitdemo.attention.capture import capture, to_model
+    from vitdemo.attention.capture import capture
+    from vitdemo.core.batch_inputs import to_model
     from vitdemo.attention.layouts import build_layout
 
     conv = [conversation.user_message(question, n_images=1)]
