@@ -9,7 +9,7 @@ question: the scheduler's time is from N threads calling chat's `answer` at once
 last answer (per-request processing included); the bare time is one
 `model.generate` of the same N rows, inputs prepared beforehand by the processor's own
 batching (left padding). Throughput ratio = bare / scheduler (target >= 0.85). Greedy
-answers are compared with the bare batch's. Runs are interleaved; figures are medians.
+answers are compared with the bare batch's. Runs alternate which goes first; figures are medians.
 
 With --spread-ms the N requests arrive evenly over that window instead, and the script
 compares scheduler settings side by side (gathering window, rejoining a young batch):
@@ -132,10 +132,14 @@ def main() -> None:
     for n in sizes:
         imgs = images(n)
         bare_s, sched_s, equal = [], [], True
-        for _ in range(args.runs):
-            took, reference = bare(imgs)
+        for run in range(args.runs):
+            if run % 2:  # alternate which goes first, so neither always meets a warm or cold allocator
+                total, _, answers = scheduled(imgs)
+                took, reference = bare(imgs)
+            else:
+                took, reference = bare(imgs)
+                total, _, answers = scheduled(imgs)
             bare_s.append(took)
-            total, _, answers = scheduled(imgs)
             sched_s.append(total)
             equal &= answers == reference
         b, s = statistics.median(bare_s), statistics.median(sched_s)
