@@ -64,13 +64,13 @@ def _finetune_page(context, url: str):
     # the page's session token is in the browser's storage once its load event has run
     page.wait_for_function("() => !!window.localStorage.getItem('vitdemo-session')", timeout=60_000)
     page.get_by_role("tab", name="Fine-tune").click()
-    page.locator("#ft-files").wait_for(timeout=30_000)
+    page.locator("#ft-files").wait_for(timeout=90_000)
     return page
 
 
 def _check(page, upload: Path, expect_text: str) -> None:
     page.locator("#ft-files input[type=file]").set_input_files(str(upload))
-    page.locator("#ft-files").get_by_text(upload.name).first.wait_for(timeout=30_000)
+    page.locator("#ft-files").get_by_text(upload.name).first.wait_for(timeout=90_000)
     page.locator("#ft-check").click()
     page.locator("#ft-report").get_by_text(expect_text).wait_for(timeout=90_000)
 
@@ -92,14 +92,14 @@ def _job_options(page) -> list[str]:
 def _pick_job(page, job_id: str) -> None:
     page.locator("#ft-jobs input").click()
     page.wait_for_timeout(2000)  # the list is redrawn when this user's choices arrive
-    page.locator("#ft-jobs li[role=option]").filter(has_text=job_id).first.click(timeout=15_000)
+    page.locator("#ft-jobs li[role=option]").filter(has_text=job_id).first.click(timeout=45_000)
 
 
 def _assert_numeric_line(page) -> None:
     """A drawn line over a linear step axis (a categorical axis labels every step: no line)."""
     page.wait_for_function(  # a path through two points or more: "M x,y L x,y ..."
         f"() => Array.from(document.querySelectorAll(\"{LINE}\")).some(p => (p.getAttribute('d') || '').includes('L'))",
-        timeout=30_000)
+        timeout=90_000)
     label = page.locator(X_AXIS).first.get_attribute("aria-label") or ""
     assert "linear scale" in label, label
 
@@ -142,20 +142,20 @@ def test_curve_owners_and_the_running_note(app, browser, artifacts_dir: Path) ->
     job_id = _new_job_id(settings, before)
 
     # Bob's page, never reloaded, learns that a job runs and that Start is refused until it ends
-    expect(bob.locator("#ft-busy")).to_contain_text("Start is refused until it ends", timeout=15_000)
+    expect(bob.locator("#ft-busy")).to_contain_text("Start is refused until it ends", timeout=45_000)
     expect(bob.locator("#ft-busy")).to_contain_text("another user's job")
     assert job_id not in bob.locator("#ft-busy").inner_text()
     bob.screenshot(path=str(artifacts_dir / "ft_page_2_other_user_sees_running.png"), full_page=True)
 
     alice.locator("#ft-stop").click()
     alice.get_by_text("Stopped at step").first.wait_for(timeout=120_000)
-    expect(bob.locator("#ft-busy")).not_to_contain_text("running", timeout=15_000)
+    expect(bob.locator("#ft-busy")).not_to_contain_text("running", timeout=45_000)
 
     # the same browser, a new page (as after a reload): its job is still its own; the curve draws
     again = _finetune_page(alice_ctx, url)
     assert any(job_id in o for o in _job_options(again))
     _pick_job(again, job_id)
-    again.get_by_text("Stopped at step").first.wait_for(timeout=30_000)
+    again.get_by_text("Stopped at step").first.wait_for(timeout=90_000)
     _assert_numeric_line(again)
     again.screenshot(path=str(artifacts_dir / "ft_page_3_earlier_job_curve.png"), full_page=True)
 
@@ -199,12 +199,12 @@ def test_bad_record_small_job_try_merge_and_share(app, browser, artifacts_dir: P
     alice.locator("#ft-drop input").check()
     expect(alice.locator("#ft-start")).to_be_enabled(timeout=10_000)
     before = _started(settings)
-    expect(alice.locator("#ft-busy")).not_to_contain_text("running", timeout=15_000)  # the first test's job ended
+    expect(alice.locator("#ft-busy")).not_to_contain_text("running", timeout=45_000)  # the first test's job ended
     alice.locator("#ft-start").click()
     alice.get_by_text("Done:").first.wait_for(timeout=300_000)
     job_id = _new_job_id(settings, before)
     note = alice.locator("#ft-results")
-    expect(note).to_contain_text("No before/after table", timeout=15_000)
+    expect(note).to_contain_text("No before/after table", timeout=45_000)
     expect(note).to_contain_text("2 records")
     expect(alice.locator("#ft-base")).to_be_disabled()  # still on the base model
     expect(alice.locator("#ft-try")).to_be_enabled()
@@ -217,7 +217,7 @@ def test_bad_record_small_job_try_merge_and_share(app, browser, artifacts_dir: P
     alice.locator("#ft-try-q textarea").fill("What color is the circle?")
     alice.locator("#ft-try").click()
     toast = alice.locator(".toast-body").filter(has_text="notes.png")
-    expect(toast.first).to_be_visible(timeout=30_000)
+    expect(toast.first).to_be_visible(timeout=90_000)
     toast_text = toast.first.inner_text()
     assert "preprocess" not in toast_text and str(settings.home) not in toast_text, toast_text
     assert alice.locator("#ft-try-base .error, #ft-try-tuned .error").count() == 0
@@ -229,14 +229,14 @@ def test_bad_record_small_job_try_merge_and_share(app, browser, artifacts_dir: P
     merged = alice.locator("#ft-merge-md")
     expect(merged).to_contain_text("Merged", timeout=120_000)
     assert str(settings.home) not in merged.inner_text()
-    expect(alice.locator("#ft-merged a").first).to_be_visible(timeout=15_000)
+    expect(alice.locator("#ft-merged a").first).to_be_visible(timeout=45_000)
     alice.screenshot(path=str(artifacts_dir / "ft_page_6_merged.png"), full_page=True)
 
     # not Bob's, until Alice shares it with the class
     bob = _finetune_page(bob_ctx, url)
     assert not any(job_id in o for o in _job_options(bob))
     alice.locator("#ft-share input").check()
-    alice.locator(".toast-body").filter(has_text="shared with everyone").first.wait_for(timeout=15_000)
+    alice.locator(".toast-body").filter(has_text="shared with everyone").first.wait_for(timeout=45_000)
     assert any(job_id in o and "shared" in o for o in _job_options(bob))
     # ... and in Learn section 4
     bob.get_by_role("tab", name="Learn").click()
