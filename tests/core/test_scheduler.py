@@ -322,6 +322,7 @@ def test_the_lock_serves_waiters_in_order() -> None:
     assert not lock.locked()
 
 
+@pytest.mark.slow  # users ask in a loop until the capture has had its turns: over 20 s under load
 def test_capture_gets_the_model_between_batches_while_users_keep_asking(llava: Engine) -> None:
     """The scheduler re-queues for the lock after each batch: a capture waiting for the model
     (the Attention tab holds engine.locked() around its pass) gets it at the next batch end."""
