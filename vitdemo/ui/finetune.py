@@ -23,7 +23,7 @@ from vitdemo.core.engine import Engine
 from vitdemo.finetune.config import FinetuneConfig
 from vitdemo.finetune.forgetting import prompts_from_text
 from vitdemo.ui import adapter_choice, identity
-from vitdemo.ui.lenient_image import lenient_image
+from vitdemo.ui.image_path import ImagePath
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ def create_finetune_tab(engine: Engine, settings: Settings, adapter_state: gr.St
     merged_file = gr.File(label="Merged model (zip)", visible=False, interactive=False, elem_id="ft-merged")
     with gr.Accordion("Try the tuned model", open=True):
         with gr.Row():
-            try_image = lenient_image(label="Image", height=180, elem_id="ft-try-image")
+            try_image = ImagePath(type="filepath", label="Image", height=180, elem_id="ft-try-image")
             with gr.Column():
                 try_q = gr.Textbox(label="Question", elem_id="ft-try-q")
                 try_btn = gr.Button("Ask base and tuned", interactive=False, elem_id="ft-try")
