@@ -6,27 +6,13 @@ import copy
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from vitdemo.chat.conversation import GenerationSettings
 from vitdemo.core.engine import Engine
 from vitdemo.errors import ImageError, InputError
-from vitdemo.core.loading import load_model
 from vitdemo.chat.session import ChatSession, history_to_session
 
 GEN = GenerationSettings(max_new_tokens=6)
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_llava_dir: Path) -> Engine:
-    return Engine(load_model(tiny_llava_dir))
-
-
-@pytest.fixture()
-def red_png(tmp_path: Path) -> str:
-    path = tmp_path / "red.png"
-    Image.new("RGB", (40, 30), "red").save(path)
-    return str(path)
 
 
 def test_turns_regenerate_undo_and_display(engine: Engine, red_png: str) -> None:

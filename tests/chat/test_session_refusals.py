@@ -2,31 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from vitdemo.chat.conversation import GenerationSettings
 from vitdemo.chat.session import NO_IMAGE_HINT, ChatSession
 from vitdemo.core.engine import Engine
-from vitdemo.core.loading import load_model
 from vitdemo.errors import InputError
 
 GEN = GenerationSettings(max_new_tokens=4)
 TOO_LONG = "red " * 700  # the tiny model reads 512 positions
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_llava_dir: Path) -> Engine:
-    return Engine(load_model(tiny_llava_dir))
-
-
-@pytest.fixture()
-def red_png(tmp_path: Path) -> str:
-    path = tmp_path / "red.png"
-    Image.new("RGB", (40, 30), "red").save(path)
-    return str(path)
 
 
 def test_too_long_question_is_refused_and_leaves_the_history(engine: Engine, red_png: str) -> None:
