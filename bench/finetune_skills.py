@@ -33,7 +33,8 @@ def main() -> int:
 
     from vitdemo.classroom.evaluate import answer_batch, held_out_items
     from vitdemo.finetune.data.records import load_dataset
-    from vitdemo.finetune.trainer import FinetuneConfig, Trainer, make_items, split_records
+    from vitdemo.finetune.config import FinetuneConfig
+    from vitdemo.finetune.trainer import Trainer, make_items, split_records
     from vitdemo.core.loading import load_model
     from vitdemo.finetune.sft import exact_match
 

@@ -37,7 +37,8 @@ def _setup(args: argparse.Namespace):
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     from vitdemo.finetune.data.records import ingest_upload, load_dataset
-    from vitdemo.finetune.trainer import FinetuneConfig, split_records
+    from vitdemo.finetune.config import FinetuneConfig
+    from vitdemo.finetune.trainer import split_records
     from vitdemo.core.loading import load_model
 
     loaded = load_model(args.model, device=args.device, quant=args.quant)

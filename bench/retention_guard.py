@@ -53,7 +53,8 @@ def main() -> int:
     from vitdemo.classroom.evaluate import answer_batch, held_out_items
     from vitdemo.core.loading import load_model
     from vitdemo.finetune.sft import exact_match
-    from vitdemo.finetune.trainer import FinetuneConfig, Trainer, make_items, split_records
+    from vitdemo.finetune.config import FinetuneConfig
+    from vitdemo.finetune.trainer import Trainer, make_items, split_records
 
     torch.set_num_threads(args.threads)
     overrides = {k: json.loads(v) for k, _, v in (s.partition("=") for s in args.set)}

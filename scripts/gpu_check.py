@@ -25,7 +25,8 @@ def qlora_check(quant: str, steps: int = 30) -> dict:
     import torch
 
     from vitdemo.finetune.data.records import load_dataset
-    from vitdemo.finetune.trainer import FinetuneConfig, Trainer, is_quantized, make_items, split_records
+    from vitdemo.finetune.config import FinetuneConfig
+    from vitdemo.finetune.trainer import Trainer, is_quantized, make_items, split_records
     from vitdemo.core.loading import load_model
 
     root = Path(__file__).resolve().parent.parent

@@ -26,7 +26,8 @@ pytestmark = [pytest.mark.slow,
 def test_chinese_colors_example_learns_and_keeps_old_skills(tmp_path: Path) -> None:
     from vitdemo.classroom.evaluate import answer_batch, held_out_items
     from vitdemo.finetune.data.records import load_dataset
-    from vitdemo.finetune.trainer import FinetuneConfig, Trainer, make_items, split_records
+    from vitdemo.finetune.config import FinetuneConfig
+    from vitdemo.finetune.trainer import Trainer, make_items, split_records
     from vitdemo.core.loading import load_model
     from vitdemo.finetune.sft import exact_match
 

@@ -12,7 +12,8 @@ import torch
 
 from vitdemo.paths import CLASSROOM_MODEL_DIR
 from vitdemo.finetune.data.records import load_dataset
-from vitdemo.finetune.trainer import FinetuneConfig, Trainer, is_quantized, make_items, split_records
+from vitdemo.finetune.config import FinetuneConfig
+from vitdemo.finetune.trainer import Trainer, is_quantized, make_items, split_records
 from vitdemo.core.loading import load_model
 
 DATASET = REPO_ROOT / "assets" / "datasets" / "chinese_colors.zip"

@@ -89,7 +89,8 @@ def _summary(trainer: Any, before: dict, after: dict | None, wall: float) -> dic
 def run_job(job_dir: str | os.PathLike, *, resume: bool = False, stop: StopFlag | None = None,
             loaded: Any = None) -> dict[str, Any]:
     """Run the job in `job_dir` to completion (or stop); returns the summary (also in results.json)."""
-    from vitdemo.finetune.trainer import FinetuneConfig, Trainer, make_items, split_records, zip_adapter
+    from vitdemo.finetune.config import FinetuneConfig
+    from vitdemo.finetune.trainer import Trainer, make_items, split_records, zip_adapter
     from vitdemo.finetune.sft import exact_match
 
     started = time.perf_counter()

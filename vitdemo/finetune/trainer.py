@@ -1,6 +1,6 @@
 """LoRA / QLoRA fine-tuning of any image-text-to-text model on checked records.
 
-- `FinetuneConfig`: every hyperparameter, with its default and why.
+- `FinetuneConfig` (vitdemo.finetune.config): every hyperparameter, with its default and why.
 - `lora_targets(model)`: the language model's attention + MLP linears (never the vision
   tower or the projector), found by walking the model, so it works per architecture.
 - `attach_lora(model, cfg)`: peft LoRA (QLoRA preparation when the base is 4/8-bit).
@@ -32,7 +32,7 @@ import torch
 
 from vitdemo.finetune.data.formats import Record
 from vitdemo.errors import InputError, VitdemoError
-from vitdemo.finetune.config import SCHEDULES, FinetuneConfig  # noqa: F401 - re-exported
+from vitdemo.finetune.config import FinetuneConfig
 from vitdemo.finetune.evaluate import EvalItem, EvalResult, eval_loss, evaluate, generate_answers
 from vitdemo.finetune.sft import IGNORE_INDEX, collate, encode_conversation
 
