@@ -11,7 +11,7 @@ from vitdemo.paths import REPO_ROOT
 
 import pytest
 
-from webapp import CHROMIUM, CHROMIUM_ARGS, free_port, serve
+from webapp import upload_file, CHROMIUM, CHROMIUM_ARGS, free_port, serve
 
 from ft_helpers import confident_head
 
@@ -80,8 +80,7 @@ def test_upload_check_train_compare_and_ask(finetune_app, artifacts_dir: Path, t
         page = browser.new_page(viewport={"width": 1400, "height": 1300})
         page.goto(url, wait_until="load")
         page.get_by_role("tab", name="Fine-tune").click()
-        page.locator("#ft-files input[type=file]").set_input_files(str(EXAMPLE_ZIP))
-        page.locator("#ft-files").get_by_text("chinese_colors.zip").first.wait_for(timeout=30_000)
+        upload_file(page, "ft-files", EXAMPLE_ZIP)
         page.locator("#ft-check").click()
         page.get_by_text("Ready to train.").wait_for(timeout=60_000)
         report = page.locator("#ft-report").inner_text()

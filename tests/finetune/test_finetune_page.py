@@ -15,7 +15,7 @@ import pytest
 
 from vitdemo.paths import REPO_ROOT
 
-from webapp import CHROMIUM, CHROMIUM_ARGS, free_port, serve
+from webapp import upload_file, CHROMIUM, CHROMIUM_ARGS, free_port, serve
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -69,8 +69,7 @@ def _finetune_page(context, url: str):
 
 
 def _check(page, upload: Path, expect_text: str) -> None:
-    page.locator("#ft-files input[type=file]").set_input_files(str(upload))
-    page.locator("#ft-files").get_by_text(upload.name).first.wait_for(timeout=90_000)
+    upload_file(page, "ft-files", upload)
     page.locator("#ft-check").click()
     page.locator("#ft-report").get_by_text(expect_text).wait_for(timeout=90_000)
 

@@ -57,3 +57,17 @@ def browser_page(width: int = 1280, height: int = 1000) -> Iterator[Any]:
             yield browser.new_page(viewport={"width": width, "height": height})
         finally:
             browser.close()
+
+
+def upload_file(page: Any, box: str, path: Any, wait_ms: int = 45_000) -> None:
+    """Put `path` into the file box `#box` and wait until the box names it. An upload the page
+    dropped (one made while the page was still wiring its events) is made once more."""
+    name = str(path).rsplit("/", 1)[-1]
+    for attempt in range(2):
+        page.locator(f"#{box} input[type=file]").set_input_files(str(path))
+        try:
+            page.locator(f"#{box}").get_by_text(name).first.wait_for(timeout=wait_ms)
+            return
+        except Exception:  # noqa: BLE001 - playwright's TimeoutError: try the upload once more
+            if attempt:
+                raise
