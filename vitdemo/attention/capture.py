@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vitdemo.core import gen_thread
-from vitdemo.attention.maps import AttentionResult, VisionAttention, rollout_step
+from vitdemo.attention.maps import AttentionResult, VisionAttention
 from vitdemo.errors import GenerationError, UnsupportedModelError
 from vitdemo.attention.layouts import ImageTokenLayout, build_layout
 
@@ -148,6 +148,22 @@ def eager_attention(model: Any) -> Iterator[None]:
 
 
 # ----------------------------------------------------------------------------- capture
+
+
+def rollout_update(prev: np.ndarray | None, attn: np.ndarray, residual: float = 0.5) -> np.ndarray:
+    """`maps.rollout_step(prev, attn, residual)`, prev=None standing for the identity (first layer).
+
+    Two costs of the plain call avoided (CLIP, 577 tokens, on the 2-core CPU, measured with
+    bench/attention_capture.py): the first layer's product with the identity (an Nv^3 float64
+    matmul per tile, ~35 ms) is skipped, bit for bit the same values; and the product runs
+    in torch's thread pool, the one generation already uses, instead of numpy's BLAS pool,
+    whose extra threads spin after each call and took ~0.06 s of CPU from generation."""
+    import torch
+    step = residual * np.eye(attn.shape[-1]) + (1 - residual) * attn.astype(np.float64)
+    step = step / step.sum(-1, keepdims=True)
+    if prev is None:
+        return step
+    return torch.matmul(torch.from_numpy(step), torch.from_numpy(prev)).numpy()
 
 
 @dataclass
@@ -293,8 +309,8 @@ def stream_capture(model: Any, processor: Any, inputs: Any, images: Sequence[Any
         state.vision_cls.append(w[:, :, 0, :].cpu().numpy())  # (tiles, Hv, Nv)
         state.vision_mean.append(w.mean(2).cpu().numpy())  # (tiles, Hv, Nv)
         head_mean = w.mean(1).cpu().numpy()  # (tiles, Nv, Nv)
-        prev = state.vision_rollout[0] if state.vision_rollout else np.eye(head_mean.shape[-1])[None]
-        state.vision_rollout[:] = [rollout_step(prev, head_mean, settings.rollout_residual)]
+        prev = state.vision_rollout[0] if state.vision_rollout else None  # None: first layer
+        state.vision_rollout[:] = [rollout_update(prev, head_mean, settings.rollout_residual)]
         return None
 
     handles = [m.register_forward_hook(text_hook(i)) for i, m in enumerate(attn_modules)]
@@ -320,7 +336,7 @@ def stream_capture(model: Any, processor: Any, inputs: Any, images: Sequence[Any
     prompt_tokens = [tokenizer.decode([int(t)]) for t in ids[text_pos].tolist()]
     answer_ids: list[int] = []
     answer_tokens: list[str] = []
-    kept_steps: list[int] = []
+    n_kept = 0  # answer rows kept so far: state.answer[:n_kept], compacted in place
     result = AttentionResult(layout, answer_ids, answer_tokens, prompt_tokens, text_pos,
                              state.answer[:0], state.prompt)
     with eager_attention(model):
@@ -332,7 +348,9 @@ def stream_capture(model: Any, processor: Any, inputs: Any, images: Sequence[Any
                 if token_id is None:
                     break
                 with state.ready:  # the forward that produced this token has finished its hooks
-                    state.ready.wait_for(lambda: state.forwards > step_index or state.missing > 0, timeout=60)
+                    if not state.ready.wait_for(lambda: state.forwards > step_index or state.missing > 0,
+                                                timeout=60):
+                        log.warning("capture: no attention rows for step %d after 60 s", step_index)
                 if state.missing:
                     raise NoAttentionWeightsError(
                         f"{type(model).__name__} returned no attention weights from {state.missing} attention "
@@ -345,9 +363,24 @@ def stream_capture(model: Any, processor: Any, inputs: Any, images: Sequence[Any
                 if keep_special or token_id not in special:
                     answer_ids.append(token_id)
                     answer_tokens.append(tokenizer.decode([token_id]))
-                    kept_steps.append(step_index)
+                    if n_kept != step_index:
+                        # A special token was skipped: move this step's row down to the next kept
+                        # slot. Safe in place: the hooks only write rows >= state.forwards >
+                        # step_index, and the views handed out so far cover only rows < n_kept.
+                        state.answer[n_kept] = state.answer[step_index]
+                    n_kept += 1
+                    # The whole answer again each token (O(n), as the chat's _Detokenizer does), kept
+                    # on purpose: an incremental decode is not always equal (a partial UTF-8 character
+                    # shows as U+FFFD, space clean-up, SentencePiece's leading-space strip). Measured:
+                    # 9 ms of CPU in all for 256 tokens, 0.13 s for 1024 (tiny byte-level BPE).
                     result.answer = tokenizer.decode(answer_ids, skip_special_tokens=True)
-                    result.answer_attn = state.answer[kept_steps]  # (n_answer, L, H, n_img)
+                    # A view, not a copy: constant cost per token (a copy of every kept row made
+                    # the capture quadratic in the answer length). Rows below n_kept never change
+                    # again, so what earlier steps handed out stays valid; read-only, so a consumer
+                    # cannot write into the buffer the capture is still filling.
+                    view = state.answer[:n_kept]  # (n_answer, L, H, n_img)
+                    view.flags.writeable = False
+                    result.answer_attn = view
                     yield CaptureStep(len(answer_ids) - 1, answer_tokens[-1], result.answer, result)
                 step_index += 1
         finally:
@@ -355,6 +388,10 @@ def stream_capture(model: Any, processor: Any, inputs: Any, images: Sequence[Any
             concurrent.futures.wait([done])
             for h in handles:
                 h.remove()
+            if n_kept < len(state.answer):
+                # Done: keep a compact copy so the result does not pin the max_new_tokens buffer
+                # (same values; the old code's last step made the same copy).
+                result.answer_attn = state.answer[:n_kept].copy()
     if failure:
         from vitdemo.chat.conversation import generation_failure
 
