@@ -128,3 +128,12 @@ def test_object_weights_shape_how_crowded_instruction_scenes_are(processor, monk
     assert set(drawn) == {3, 4} and drawn.count(4) > drawn.count(3)
     with pytest.raises(ValueError, match="4 weights"):
         maker.instruction_batch(2, max_turns=1, form_weights={"count": 1.0}, object_weights=(1, 1))
+
+
+def test_varied_share_draws_some_images_on_other_backgrounds(processor):
+    maker = BatchMaker(processor, np.random.default_rng(3), varied_share=0.5)
+    corners = [np.asarray(maker.scene().image)[:2, :2].mean() for _ in range(60)]
+    dark = sum(c < 200 for c in corners)
+    assert 10 < dark < 55  # standard paper is 225-255; about half the varied ones are darker
+    with pytest.raises(ValueError, match="varied_share"):
+        BatchMaker(processor, np.random.default_rng(3), varied_share=1.5)

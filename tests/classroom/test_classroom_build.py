@@ -12,11 +12,16 @@ from vitdemo.classroom.train import BuildSettings, StageSettings, build_classroo
 def test_a_short_build_writes_every_stage_and_a_loadable_model(tmp_path):
     short = StageSettings(steps=3, batch_size=4, warmup=1)
     settings = BuildSettings(contrastive=short, language=short, alignment=short, instruction=short,
-                             log_every=1, eval_every=2, eval_scenes=2, zero_shot_scenes=4, polish=None)
+                             log_every=1, eval_every=2, eval_scenes=2, zero_shot_scenes=4, polish=None,
+                             backgrounds=short)
     out = tmp_path / "classroom"
     build_classroom(out, settings)
     record = json.loads((out / "training.json").read_text())
-    assert [s["name"] for s in record["stages"]] == ["contrastive", "language", "alignment", "instruction"]
+    assert [s["name"] for s in record["stages"]] == ["contrastive", "language", "alignment", "instruction",
+                                                    "backgrounds"]
+    # The last stage checks the background-shifted scenes too.
+    assert set(record["stages"][4]["shifted_held_out_after"]["per_form"]) <= {
+        "color", "shape", "where", "count", "exists", "describe"}
     assert [e["step"] for e in record["stages"][3]["held_out_during_training"]] == [2, 3]
     assert all(len(s["curve"]) == 3 for s in record["stages"])
     assert not (tmp_path / "classroom.building").exists()

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from vitdemo.classroom import evaluate, scenes
+from vitdemo.classroom.model import answer_token_cap
 from vitdemo.classroom.report import load_classroom, load_contrastive
 from vitdemo.paths import CLASSROOM_MODEL_DIR
 
@@ -19,6 +20,10 @@ TEST_SEED = 424_242
 EXACT_MATCH_FLOOR = 0.90
 # Per question form, on only 40 scenes (some forms have ~25 questions): a little lower.
 PER_FORM_FLOOR = 0.80
+# Background-shifted scenes: a regression guard below what the shipped model scores (89.3%
+# on eval-classroom's 500 shifted scenes, "describe" 74%); the issue's target there is 90%.
+SHIFTED_FLOOR = 0.80  # this set of 40 scenes: 84.3%; the model before the backgrounds stage: 46%
+SHIFTED_PER_FORM_FLOOR = 0.60
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +58,26 @@ def test_held_out_exact_match(classroom):
     assert scores["exact_match"] >= EXACT_MATCH_FLOOR, scores
     assert min(scores["per_form"].values()) >= PER_FORM_FLOOR, scores
     assert scores["describe_all_objects"] >= PER_FORM_FLOOR, scores
+
+
+def test_background_shifted_exact_match(classroom):
+    """Users' own pictures: any grey from white to dark, pale and dark tints, blur, small to
+    cell-filling objects (scenes.VARIED_STYLE), on a held-out seed of their own."""
+    model, processor = classroom
+    scores = evaluate.evaluate_answers(model, processor, n_scenes=40, seed=evaluate.SHIFTED_SEED + TEST_SEED,
+                                       style=scenes.VARIED_STYLE)
+    assert scores["exact_match"] >= SHIFTED_FLOOR, scores
+    assert min(scores["per_form"].values()) >= SHIFTED_PER_FORM_FLOOR, scores
+
+
+def test_generation_config_caps_answers_at_the_longest_one_needed(classroom):
+    model, processor = classroom
+    cap = model.generation_config.max_new_tokens
+    assert cap == answer_token_cap(processor.tokenizer)
+    rng = np.random.default_rng(TEST_SEED + 2)
+    longest = max(len(processor.tokenizer(scenes.describe(scenes.generate_scene(rng, size=24, n_objects=4)),
+                                          add_special_tokens=False)["input_ids"]) for _ in range(300))
+    assert longest + 1 <= cap <= 2 * longest + 8  # room for every answer, none for babble
 
 
 def test_answers_work_at_any_input_size(classroom):

@@ -27,19 +27,25 @@ from vitdemo.classroom.train import BuildSettings, StageSettings, build_classroo
 
 pytestmark = pytest.mark.slow
 
-# Recorded with the recipe of commit b79184c (before the unused recipe knobs were removed).
-WEIGHTS_SHA256 = "6a6da42f61df86533f30608e13b7d55ee09d54c6f8881e8115714ad0b28a9d4c"
-STAGES_SHA256 = "eae704466513aefaf96f2f8864ed1bb0c2db6a932662e69d7788eff313f34dde"
+# Stages 1-4 and the polish, recorded with the recipe of commit b79184c (before the unused
+# recipe knobs were removed): the stages that made the weights the backgrounds stage starts from.
+UP_TO_POLISH_WEIGHTS_SHA256 = "6a6da42f61df86533f30608e13b7d55ee09d54c6f8881e8115714ad0b28a9d4c"
+UP_TO_POLISH_STAGES_SHA256 = "eae704466513aefaf96f2f8864ed1bb0c2db6a932662e69d7788eff313f34dde"
+# The whole recipe, the backgrounds stage included (recorded with the recipe that made the
+# shipped checkpoint of 2026-12-01).
+WEIGHTS_SHA256 = "56784bfb577dc7e9798eb3fc1077822bf1e4a2166ae6fe2c1a35c93e41ebc960"
+STAGES_SHA256 = "117fe8d16349b52e89314714df9b507436c714817bb38572b024da265d097c2c"
 
 
 def short_shipped_settings() -> BuildSettings:
-    """The shipped recipe (BuildSettings' defaults, polish included) with 3 steps of 4
-    scenes per stage and the smallest checks."""
+    """The shipped recipe (BuildSettings' defaults, polish and backgrounds included) with 3
+    steps of 4 scenes per stage and the smallest checks."""
     def short() -> StageSettings:
         return StageSettings(steps=3, batch_size=4, warmup=1)
 
     return BuildSettings(seed=0, contrastive=short(), language=short(), alignment=short(), instruction=short(),
-                         polish=short(), log_every=1, eval_every=2, eval_scenes=2, zero_shot_scenes=4)
+                         polish=short(), backgrounds=short(), log_every=1, eval_every=2, eval_scenes=2,
+                         zero_shot_scenes=4)
 
 
 def tensors_sha256(out: Path) -> str:
@@ -68,8 +74,20 @@ def stages_sha256(out: Path) -> str:
 def test_a_short_build_of_the_shipped_recipe_writes_the_recorded_numbers(tmp_path):
     out = tmp_path / "classroom"
     record = build_classroom(out, short_shipped_settings())
-    assert [s["name"] for s in record["stages"]] == ["contrastive", "language", "alignment", "instruction", "polish"]
+    assert [s["name"] for s in record["stages"]] == ["contrastive", "language", "alignment", "instruction", "polish",
+                                                    "backgrounds"]
     weights, stages = tensors_sha256(out), stages_sha256(out)
     assert (weights, stages) == (WEIGHTS_SHA256, STAGES_SHA256), (
         f"the short build's numbers changed: weights {weights}, stages {stages}; if the recipe was meant to "
         "change, rebuild assets/classroom and record these")
+
+
+def test_without_the_backgrounds_stage_the_build_is_the_one_before_it(tmp_path):
+    """The shipped checkpoint was made by running the backgrounds stage on the previous
+    shipped weights (stages 1-4 and the polish): that equals a whole build only while the
+    stages before it draw and compute exactly what they did."""
+    out = tmp_path / "classroom"
+    settings = short_shipped_settings()
+    settings.backgrounds = None
+    build_classroom(out, settings)
+    assert (tensors_sha256(out), stages_sha256(out)) == (UP_TO_POLISH_WEIGHTS_SHA256, UP_TO_POLISH_STAGES_SHA256)

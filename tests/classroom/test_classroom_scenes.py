@@ -63,3 +63,51 @@ def test_layout_fixes_objects_and_cells():
     scene = scenes.generate_scene(rng, size=90, layout=layout)
     assert [(o.color, o.shape, o.cell) for o in scene.objects] == layout
     assert scenes.describe(scene) == "a red circle at top left and a blue square at bottom right"
+
+
+def _saturation(rgb) -> float:
+    hi, lo = max(rgb), min(rgb)
+    return 0.0 if hi == 0 else (hi - lo) / hi
+
+
+def test_varied_backgrounds_span_dark_to_white_and_never_take_an_object_colour():
+    rng = np.random.default_rng(11)
+    backgrounds = [scenes.background_color(rng) for _ in range(2000)]
+    brightness = [max(rgb) for rgb in backgrounds]
+    assert min(brightness) < 60 and max(brightness) > 245  # dark-mode screenshots to white paper
+    assert sum(_saturation(rgb) > 0.05 for rgb in backgrounds) > 500  # tints, not only greys
+    weakest_object = min(_saturation(rgb) for rgb in scenes.COLORS.values())
+    assert max(_saturation(rgb) for rgb in backgrounds) < 0.42 < weakest_object
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_varied_scenes_keep_their_ground_truth(seed):
+    """On any background, blurred or not, each object still has its colour and its cell."""
+    rng = np.random.default_rng(seed)
+    scene = scenes.generate_scene(rng, size=150, style=scenes.VARIED_STYLE)
+    cell = 150 / 3
+    corner = np.asarray(scene.image)[:3, :3].reshape(-1, 3).mean(axis=0)
+    for o in scene.objects:
+        row, col = divmod(o.cell, 3)
+        ys, xs = np.nonzero(o.mask)
+        assert xs.min() >= col * cell - 1 and xs.max() <= (col + 1) * cell + 1
+        assert ys.min() >= row * cell - 1 and ys.max() <= (row + 1) * cell + 1
+        inner = np.asarray(scene.image)[ys, xs].astype(float)
+        rgb = np.median(inner, axis=0)  # the median ignores the blurred rim
+        assert np.abs(rgb - np.array(scenes.COLORS[o.color])).max() < 45
+        assert np.abs(rgb - corner).max() > 30, "the object would vanish into its background"
+
+
+def test_the_standard_style_draws_what_it_always_drew():
+    """The standard scenes (and so the held-out set and the recipe's stages) are unchanged:
+    the same seed gives the same pixels whatever the varied style adds."""
+    first = scenes.generate_scene(np.random.default_rng(4), size=64)
+    again = scenes.generate_scene(np.random.default_rng(4), size=64, style=scenes.SceneStyle())
+    assert np.array_equal(np.asarray(first.image), np.asarray(again.image))
+    shade = np.asarray(first.image).reshape(-1, 3)
+    assert np.median(shade) > 200  # light paper
+
+
+def test_unknown_background_is_refused():
+    with pytest.raises(ValueError, match="unknown background"):
+        scenes.generate_scene(np.random.default_rng(0), size=48, style=scenes.SceneStyle(background="plaid"))

@@ -60,6 +60,7 @@ def stream_with_maps(engine: Engine, conversation: Sequence[dict[str, Any]], ima
 
     gen = gen or GenerationSettings()
     gen.validate()
+    gen = gen.within_model_cap(engine.model)
     inputs = build_inputs(engine.processor, conversation, images)
     # The Chat tab's check: a question longer than the model reads is refused, not answered.
     check_context(engine.model, engine.processor, conversation, images, int(inputs["input_ids"].shape[-1]))

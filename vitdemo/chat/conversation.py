@@ -17,7 +17,7 @@ import functools
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterator, Sequence
 
 from vitdemo.core.engine import KEEP, Engine
@@ -51,6 +51,15 @@ class GenerationSettings:
             raise InputError(f"top_p={self.top_p} must be in (0, 1]")
         if not 0.5 <= self.repetition_penalty <= 2.0:
             raise InputError(f"repetition_penalty={self.repetition_penalty} must be between 0.5 and 2")
+
+    def within_model_cap(self, model: Any) -> "GenerationSettings":
+        """These settings, asking for no more new tokens than the model's generation config
+        allows (the classroom model declares what its longest answer needs there; most Hub
+        models declare nothing and keep the requested length)."""
+        cap = getattr(getattr(model, "generation_config", None), "max_new_tokens", None)
+        if isinstance(cap, int) and 0 < cap < self.max_new_tokens:
+            return replace(self, max_new_tokens=cap)
+        return self
 
     def generate_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for model.generate."""
@@ -219,6 +228,7 @@ def stream_answer(
 
     gen = gen or GenerationSettings()
     gen.validate()
+    gen = gen.within_model_cap(engine.model)
     stats = stats if stats is not None else AnswerStats()
     started = time.perf_counter()
     inputs = build_inputs(engine.processor, conversation, images)

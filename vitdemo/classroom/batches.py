@@ -6,7 +6,7 @@ the template puts no whitespace between special tokens and text (checked in the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -29,7 +29,14 @@ class Augment:
 
 
 class BatchMaker:
-    def __init__(self, processor, rng: np.random.Generator, augment: Augment = Augment()):
+    """Batches for every stage. `varied_share` of the images get a varied background,
+    blur and object size (scenes.VARIED_STYLE); at 0 no random number is drawn for it."""
+
+    def __init__(self, processor, rng: np.random.Generator, augment: Augment = Augment(),
+                 varied_share: float = 0.0):
+        if not 0.0 <= varied_share <= 1.0:
+            raise ValueError(f"varied_share must be in [0, 1], got {varied_share}")
+        self.varied_share = varied_share
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.rng = rng
@@ -52,6 +59,8 @@ class BatchMaker:
     def scene(self, layout=None, n_objects: int | None = None) -> scenes.Scene:
         size = int(self.rng.choice(self.augment.render_sizes))
         style = scenes.SceneStyle(supersample=2 if size <= 128 else 1)
+        if self.varied_share > 0 and self.rng.random() < self.varied_share:
+            style = replace(scenes.VARIED_STYLE, supersample=style.supersample)
         return scenes.generate_scene(self.rng, size=size, n_objects=n_objects, style=style, layout=layout)
 
     def pixels(self, images: list[Image.Image]) -> torch.Tensor:

@@ -176,7 +176,19 @@ def build_llava(processor: LlavaProcessor, arch: ClassroomArchitecture = Classro
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.bos_token_id = None
     model.generation_config.do_sample = False
+    # Every answer of this world is short: a cap keeps an off-world picture from babbling.
+    model.generation_config.max_new_tokens = answer_token_cap(tok)
     return model
+
+
+def answer_token_cap(tokenizer) -> int:
+    """New tokens the longest answer needs: a description of four objects whose parts are
+    the longest to tokenize, its end token, and as much again for a fine-tune's longer answers.
+    The app never asks a model for more new tokens than its generation config's max_new_tokens."""
+    parts = sorted((f"a {color} {shape} at {position}" for color in scenes.COLORS for shape in scenes.SHAPES
+                    for position in scenes.POSITIONS), key=lambda text: len(tokenizer(text)["input_ids"]))[-4:]
+    longest = ", ".join(parts[:-1]) + " and " + parts[-1]
+    return 2 * len(tokenizer(longest, add_special_tokens=False)["input_ids"]) + 1
 
 
 def build_clip(processor: LlavaProcessor, arch: ClassroomArchitecture = ClassroomArchitecture(),

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from vitdemo.attention.pointing import pointing_game
-from vitdemo.classroom import evaluate
+from vitdemo.classroom import evaluate, scenes
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,9 @@ def load_contrastive(folder: Path):
 
 
 def evaluate_classroom(folder: Path, n_scenes: int = 500, seed: int | None = None,
-                       pointing: bool = True) -> dict:
+                       pointing: bool = True, shifted: bool = True) -> dict:
+    """Standard held-out scenes (answers, zero-shot, pointing) and, with `shifted`, the same
+    answer scoring on background-shifted scenes (scenes.VARIED_STYLE, its own seed)."""
     seed = evaluate.HELD_OUT_SEED if seed is None else seed
     start = time.time()
     model, processor = load_classroom(folder)
@@ -38,6 +40,10 @@ def evaluate_classroom(folder: Path, n_scenes: int = 500, seed: int | None = Non
     report["answers"] = evaluate.evaluate_answers(model, processor, n_scenes, seed)
     report["zero_shot_top1"] = evaluate.evaluate_zero_shot(load_contrastive(folder), processor,
                                                            n_scenes, seed + 1)
+    if shifted:
+        shifted_seed = evaluate.SHIFTED_SEED + (seed - evaluate.HELD_OUT_SEED)
+        report["shifted_answers"] = {"seed": shifted_seed, **evaluate.evaluate_answers(
+            model, processor, n_scenes, shifted_seed, style=scenes.VARIED_STYLE)}
     if pointing:
         items = evaluate.pointing_items(evaluate.held_out_items(n_scenes, seed))
         report["pointing_game"] = pointing_game(model, processor, items)

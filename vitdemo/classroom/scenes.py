@@ -6,11 +6,12 @@ cell, bounding box and pixel mask, so answers and attention maps can be scored e
 
 from __future__ import annotations
 
+import colorsys
 import io
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -40,6 +41,34 @@ class SceneStyle:
     color_jitter: int = 20  # +- per RGB channel
     noise_sigma: float = 6.0  # std of the background's Gaussian pixel noise (0-255 scale)
     supersample: int = 2  # draw at this multiple, then downsample, for smooth edges
+    # "light": near-white paper (225-255 grey), the standard scenes. "varied": what users
+    # upload: any grey from white to dark, pale tints and dark-mode tints (see background_color).
+    background: str = "light"
+    blur_probability: float = 0.0  # share of images blurred a little, as a phone photo is
+    max_blur: float = 1.0  # largest Gaussian blur radius, in pixels of a 128-px image
+
+
+# The background-shifted world: varied backgrounds, mild blur, objects from small to a whole cell.
+VARIED_STYLE = SceneStyle(min_fill=0.4, max_fill=1.0, background="varied", blur_probability=0.3)
+
+
+def background_color(rng: np.random.Generator) -> tuple[int, int, int]:
+    """A plain background a user's picture might have, never one of the object colours.
+
+    Greys from dark to white (45%), pale tints (40%: saturation 8-30%, bright) and dark
+    tints (15%: dark-mode screenshots). Every tint has at most 40% saturation and the
+    object colours have 70% or more, so an object never vanishes into its background.
+    """
+    kind = rng.random()
+    if kind < 0.45:
+        level = int(rng.integers(30, 256))
+        return (level, level, level)
+    hue = rng.random()
+    if kind < 0.85:
+        saturation, value = rng.uniform(0.08, 0.3), rng.uniform(0.8, 1.0)
+    else:
+        saturation, value = rng.uniform(0.1, 0.4), rng.uniform(0.12, 0.35)
+    return tuple(int(round(c * 255)) for c in colorsys.hsv_to_rgb(hue, saturation, value))  # type: ignore[return-value]
 
 
 @dataclass
@@ -134,8 +163,14 @@ def generate_scene(rng: np.random.Generator, size: int = 192, n_objects: int | N
 
     ss = style.supersample
     big = size * ss
-    shade = int(rng.integers(225, 256))
-    canvas = Image.new("RGB", (big, big), (shade, shade, shade))
+    if style.background == "light":
+        shade = int(rng.integers(225, 256))
+        background = (shade, shade, shade)
+    elif style.background == "varied":
+        background = background_color(rng)
+    else:
+        raise ValueError(f"unknown background {style.background!r}; expected 'light' or 'varied'")
+    canvas = Image.new("RGB", (big, big), background)
     draw = ImageDraw.Draw(canvas)
     objects: list[SceneObject] = []
     cell_side = size / 3
@@ -158,6 +193,9 @@ def generate_scene(rng: np.random.Generator, size: int = 192, n_objects: int | N
         pixels = np.asarray(image, dtype=np.float32)
         pixels += rng.normal(0, style.noise_sigma, pixels.shape)
         image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    if style.blur_probability > 0 and rng.random() < style.blur_probability:
+        radius = rng.uniform(0.2, style.max_blur) * size / 128
+        image = image.filter(ImageFilter.GaussianBlur(radius))
     objects.sort(key=lambda o: o.cell)
     return Scene(image=image, objects=objects)
 
