@@ -22,8 +22,9 @@ logger = logging.getLogger("vitdemo.cli")
 # Imported when the command line is parsed (none imports torch at module level).
 CAPABILITY_CLIS: tuple[str, ...] = (
     "vitdemo.attention.cli",  # attend
+    "vitdemo.attention.ablate_cli",  # ablate
     "vitdemo.finetune.cli",  # finetune, eval
-    "vitdemo.classroom.cli",  # build-classroom, eval-classroom
+    "vitdemo.classroom.cli",  # build-classroom, eval-classroom, logit-lens-classroom
 )
 
 

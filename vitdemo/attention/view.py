@@ -35,6 +35,7 @@ class AttentionSession:
     """One user's last answer with maps."""
 
     images: list[Image.Image] = field(default_factory=list)
+    question: str = ""  # the question that was answered (the causal checks ask it again)
     result: AttentionResult | None = None
     kind: TokenKind = "answer"  # which token list the selection is in
     index: int = -1  # selected token (-1: the latest)

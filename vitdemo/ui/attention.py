@@ -20,6 +20,7 @@ from vitdemo.config import Settings
 from vitdemo.core.engine import Engine
 from vitdemo.core.images import DEFAULT_MAX_PIXELS
 from vitdemo.ui import adapter_choice
+from vitdemo.ui.attention_checks import create_causal_checks
 from vitdemo.ui.image_path import ImagePath
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,8 @@ def create_attention_tab(engine: Engine, settings: Settings | None = None, adapt
                 av.token_spans(r.prompt_tokens, s.index if s.kind == "prompt" else None))
 
     adapter_state = adapter_state if adapter_state is not None else adapter_choice.new_state()
+    checks = create_causal_checks(engine, session, adapter_state)
+    refresh_checks, refresh_in, refresh_out = checks["refresh"]
 
     def on_ask(img, img2, q, max_new_v, layer_v, head_v, which_v, cmap_v, opacity_v, smooth_v, adapter,
                prev: av.AttentionSession | None, signal: av.StopSignal):
@@ -133,7 +136,7 @@ def create_attention_tab(engine: Engine, settings: Settings | None = None, adapt
             gr.Warning(str(err))
             yield gr.skip()
             return
-        s = av.AttentionSession(images=opened, choices_key=getattr(prev, "choices_key", None),
+        s = av.AttentionSession(images=opened, question=q.strip(), choices_key=getattr(prev, "choices_key", None),
                                 vision_key=getattr(prev, "vision_key", None))
         conversation = [user_message(q, len(images))]
         gen = GenerationSettings(max_new_tokens=int(max_new_v))
@@ -222,9 +225,11 @@ def create_attention_tab(engine: Engine, settings: Settings | None = None, adapt
     ask_in = [image, image2, question, max_new, *controls, adapter_state, session, stop_signal]
     ask_out = [session, status, answer, prompt, overlay, caption, layer, head, which]
     run = ask.click(on_ask, ask_in, ask_out)
-    run.then(on_vision_choices, [session], [v_layer, v_head]).then(_extras, extras_in, extras_out)
+    run.then(on_vision_choices, [session], [v_layer, v_head]).then(_extras, extras_in, extras_out) \
+        .then(refresh_checks, refresh_in, refresh_out)
     submitted = question.submit(on_ask, ask_in, ask_out)
-    submitted.then(on_vision_choices, [session], [v_layer, v_head]).then(_extras, extras_in, extras_out)
+    submitted.then(on_vision_choices, [session], [v_layer, v_head]).then(_extras, extras_in, extras_out) \
+        .then(refresh_checks, refresh_in, refresh_out)
     # Unqueued, so it acts at once: the answer ends after the current word and the status
     # says "Stopped" (cancelling the event instead left "Answering..." on the page).
     stop.click(lambda signal: signal.event.set(), [stop_signal], None, queue=False)
@@ -239,4 +244,5 @@ def create_attention_tab(engine: Engine, settings: Settings | None = None, adapt
     share_img.select(on_share_click, [session, which, cmap, opacity, smooth], [layer, head, overlay, caption])
     prepare.click(on_prepare, [session, layer, head, cmap, opacity, smooth], [files])
     return {"image": image, "question": question, "ask": ask, "answer": answer, "prompt": prompt,
-            "overlay": overlay, "layer": layer, "head": head, "share": share_img, "files": files}
+            "overlay": overlay, "layer": layer, "head": head, "share": share_img, "files": files,
+            **{f"checks_{name}": c for name, c in checks.items() if name != "refresh"}}
