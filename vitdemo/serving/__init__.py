@@ -1,2 +1,3 @@
-"""Serving a class: how long a request would wait when the queue is full, and the address
-students join (printed at launch, shown on the page with a QR code). Gradio-free."""
+"""Serving a class: how long a request would wait when the queue is full, the address
+students join (printed at launch, shown on the page with a QR code), and the warm-up
+answer before the first students ask. Gradio-free."""

@@ -25,6 +25,7 @@ from vitdemo.core.engine import Engine  # noqa: E402
 from vitdemo.errors import InputError, VitdemoError  # noqa: E402
 from vitdemo.paths import short_model_name  # noqa: E402
 from vitdemo.core.fallback import FALLBACK_DIRNAME  # noqa: E402
+from vitdemo.serving.warmup import warm_up  # noqa: E402
 from vitdemo.ui import adapter_choice, api  # noqa: E402
 from vitdemo.ui.attention import create_attention_tab  # noqa: E402
 from vitdemo.ui.chat import GENERATE_GROUP, create_chat_tab  # noqa: E402
@@ -147,5 +148,6 @@ def launch(demo: gr.Blocks, settings: Settings, **overrides: Any) -> Any:
         demo.close()
         raise
     logger.info("model ready: %s", engine.describe())
+    warm_up(engine)  # before the first class asks, not during its first wave
     demo.block_thread()
     return result
