@@ -174,7 +174,10 @@ def ablate(engine: Engine, image: Image.Image, question: str, *, box: Sequence[f
         max_new = GenerationSettings(max_new_tokens=max_new_tokens).within_model_cap(model).max_new_tokens
         inputs = to_model(build_inputs(processor, conversation, [image]), model)
         layout, notice = _layout_or_none(model, processor, inputs, [image])
-        before, capture_notice = ask_once(model, processor, inputs, [image], max_new, layout if with_maps else None)
+        # Every intervention keeps the image's size and the prompt's tokens, so one layout
+        # serves the maps before and after.
+        map_layout = layout if with_maps else None
+        before, capture_notice = ask_once(model, processor, inputs, [image], max_new, map_layout)
         image_after, after_inputs, removed = image, inputs, 0
         context: contextlib.AbstractContextManager = contextlib.nullcontext()
         if clipped is not None and method in interventions.PIXEL_METHODS:
@@ -196,9 +199,7 @@ def ablate(engine: Engine, image: Image.Image, question: str, *, box: Sequence[f
         else:
             context = interventions.knock_out_layer(model, int(layer))  # type: ignore[arg-type]
         with context:
-            after_layout, _ = (_layout_or_none(model, processor, after_inputs, [image_after])
-                               if with_maps and after_inputs is not inputs else (layout if with_maps else None, None))
-            after, _ = ask_once(model, processor, after_inputs, [image_after], max_new, after_layout)
+            after, _ = ask_once(model, processor, after_inputs, [image_after], max_new, map_layout)
     kind = method if clipped is not None else ("head" if head is not None else "layer")
     outcome = AblationOutcome(kind, clipped, layer, head, before, after, image_after, removed,
                               notice or capture_notice)

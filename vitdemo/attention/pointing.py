@@ -67,13 +67,14 @@ def question_inputs(model: Any, processor: Any, image: Any, question: str) -> di
     return to_model(processor(images=[image], text=prompt, return_tensors="pt"), model)
 
 
-def first_token_result(model: Any, processor: Any, image: Any, question: str) -> AttentionResult:
-    """Capture for the first answer token only: one forward pass, greedy."""
+def first_token_result(model: Any, processor: Any, image: Any, question: str, vision: bool = False) -> AttentionResult:
+    """Capture for the first answer token only: one forward pass, greedy (`vision`: the vision
+    encoder's attention and rollout too)."""
     from vitdemo.attention.capture import CaptureSettings, capture
 
     inputs = question_inputs(model, processor, image, question)
     return capture(model, processor, inputs, [image],
-                   {"max_new_tokens": 1, "do_sample": False}, CaptureSettings(vision=False), keep_special=True)
+                   {"max_new_tokens": 1, "do_sample": False}, CaptureSettings(vision=vision), keep_special=True)
 
 
 def first_token_relevancy(model: Any, processor: Any, image: Any, question: str) -> tuple[np.ndarray, ImageGrid]:

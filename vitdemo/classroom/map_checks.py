@@ -18,7 +18,7 @@ import numpy as np
 
 from vitdemo.attention import faithfulness
 from vitdemo.attention.ablation import ablate
-from vitdemo.attention.capture import CaptureSettings, capture
+from vitdemo.attention.pointing import first_token_result
 from vitdemo.attention.interventions import REGION_METHODS
 from vitdemo.classroom.evaluate import HELD_OUT_SEED, SceneQuestion, held_out_items
 from vitdemo.core.engine import Engine
@@ -84,15 +84,6 @@ def ablation_checks(engine: Engine, n_scenes: int, seed: int = MAP_CHECK_SEED,
     return report
 
 
-def _first_token_capture(model: Any, processor: Any, image: Any, question: str):
-    from vitdemo.chat.conversation import build_inputs, user_message
-    from vitdemo.core.batch_inputs import to_model
-
-    inputs = to_model(build_inputs(processor, [user_message(question, 1)], [image]), model)
-    return capture(model, processor, inputs, [image], {"max_new_tokens": 1, "do_sample": False},
-                   CaptureSettings(vision=True), keep_special=True)
-
-
 def faithfulness_checks(model: Any, processor: Any, n_questions: int, seed: int = MAP_CHECK_SEED,
                         steps: int = faithfulness.DEFAULT_STEPS, extra_maps: dict[str, Any] | None = None
                         ) -> dict[str, Any]:
@@ -116,7 +107,7 @@ def faithfulness_checks(model: Any, processor: Any, n_questions: int, seed: int 
     started = time.time()
     for item in items:
         image, question = item.scene.image, item.qa.question
-        result = _first_token_capture(model, processor, image, question)
+        result = first_token_result(model, processor, image, question, vision=True)
         token_id = int(result.answer_ids[0])
         grid = result.grids()[0]
         maps = {"attention": (result.token_maps("answer", 0)[0], grid.box)}
