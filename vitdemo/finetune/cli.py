@@ -4,9 +4,12 @@
     python -m vitdemo finetune --job-dir DIR [--resume]      # run (or resume) a prepared job folder
     python -m vitdemo eval --data data.zip [--adapter runs/ft1/adapter] [--json]
 
-Several GPUs: the training loop is driven by accelerate.Accelerator, so the same entry runs
-data-parallel under `accelerate launch -m vitdemo finetune --data ... --out ...` (each
-process trains on its share of every batch; only the main process writes files).
+Several processes (GPUs, or CPU processes over gloo): the training loop is driven by
+accelerate.Accelerator, so the same entry runs data-parallel under
+`accelerate launch --multi_gpu --num_processes N -m vitdemo finetune --data ... --out ...`
+(each process trains on its share of every batch, `--batch-size` per process; only the
+first process writes files and prints). tests/finetune/test_two_processes.py runs it with
+two CPU processes and compares the loss curve with one process at the same global batch.
 """
 
 from __future__ import annotations
@@ -144,6 +147,7 @@ def prepare_job_from_data(data: Path, out: Path, loaded: Any, model_source: str,
 
 def run_finetune(args: argparse.Namespace) -> int:
     from vitdemo.errors import InputError
+    from vitdemo.finetune import processes
     from vitdemo.finetune.runner import run_job
     from vitdemo.finetune.jobs import Job
     from vitdemo.core.loading import load_model, resolve_model_source
@@ -160,9 +164,14 @@ def run_finetune(args: argparse.Namespace) -> int:
         config = _config_from_args(args)
         source = resolve_model_source(settings.model, settings.home)
         loaded = load_model(source, quant=settings.quant, device=settings.device, dtype=settings.dtype)
-        job = prepare_job_from_data(args.data, args.out, loaded, source, config, drop_bad=args.drop_bad,
-                                    max_tokens=args.max_tokens, quant=settings.quant, device=settings.device)
+        if processes.is_main():  # launched data-parallel, the first process writes the job folder
+            prepare_job_from_data(args.data, args.out, loaded, source, config, drop_bad=args.drop_bad,
+                                  max_tokens=args.max_tokens, quant=settings.quant, device=settings.device)
+        processes.wait_for_everyone()
+        job = Job(args.out)
         summary = run_job(job.dir, loaded=loaded)
+    if not processes.is_main():
+        return 0 if summary["status"] in ("completed", "stopped") else 1
     if args.merge is not None and summary.get("adapter"):
         from vitdemo.finetune.trainer import merge_adapter
 

@@ -2,7 +2,8 @@
 
 Runs inside the job's own process (`python -m vitdemo finetune --job-dir DIR`) or in the
 CLI's process (`python -m vitdemo finetune --data ... --out ...`). Everything it writes
-goes into the job folder; every step is an event in progress.jsonl.
+goes into the job folder; every step is an event in progress.jsonl. Launched data-parallel
+(vitdemo.finetune.processes), every process runs this and only the first one writes.
 """
 
 from __future__ import annotations
@@ -86,12 +87,33 @@ def _summary(trainer: Any, before: dict, after: dict | None, wall: float) -> dic
     }
 
 
+class _JobWriter:
+    """The job folder's writes, done by the first of several data-parallel processes only."""
+
+    def __init__(self, job: Job, enabled: bool) -> None:
+        self.job, self.enabled = job, enabled
+
+    def update(self, **fields: Any) -> None:
+        if self.enabled:
+            self.job.update(**fields)
+
+    def event(self, event: dict[str, Any]) -> None:
+        if self.enabled:
+            self.job.event(event)
+
+    def text(self, path: Path, text: str) -> None:
+        if self.enabled:
+            path.write_text(text)
+
+
 def run_job(job_dir: str | os.PathLike, *, resume: bool = False, stop: StopFlag | None = None,
             loaded: Any = None) -> dict[str, Any]:
     """Run the job in `job_dir` to completion (or stop); returns the summary (also in results.json)."""
     from vitdemo.finetune.config import FinetuneConfig
     from vitdemo.finetune.trainer import Trainer, make_items, split_records, zip_adapter
     from vitdemo.finetune.sft import exact_match
+
+    from vitdemo.finetune import processes
 
     started = time.perf_counter()
     job = Job(job_dir)
@@ -101,23 +123,25 @@ def run_job(job_dir: str | os.PathLike, *, resume: bool = False, stop: StopFlag 
     threads = configure_threads()
     if os.environ.get("VITDEMO_RUNNER_NICE"):
         os.nice(int(os.environ["VITDEMO_RUNNER_NICE"]))  # chat requests in the server come first
-    lock = JobLock(job.dir.parent) if job.dir.parent.name == "jobs" else None
+    main = processes.is_main()
+    write = _JobWriter(job, enabled=main)
+    lock = JobLock(job.dir.parent) if job.dir.parent.name == "jobs" and main else None
     if lock is not None:
         lock.acquire(job.id, os.getpid())
-    job.update(status="running", pid=os.getpid(), error=None)
+    write.update(status="running", pid=os.getpid(), error=None)
     try:
         cfg = FinetuneConfig.from_dict(data["config"])
-        job.event({"event": "loading", "time": time.time(), "model": data["model"], "threads": threads})
+        write.event({"event": "loading", "time": time.time(), "model": data["model"], "threads": threads})
         if loaded is None:
             loaded = _load(data)
         model, processor = loaded.model, loaded.processor
         records = read_records(job.records_path)
         train_records, held_records = split_records(records, cfg.eval_fraction, cfg.seed)
-        job.event({"event": "preparing", "time": time.time(), "n_train": len(train_records),
+        write.event({"event": "preparing", "time": time.time(), "n_train": len(train_records),
                    "n_eval": len(held_records)})
         train_items = make_items(processor, train_records)
         eval_items = make_items(processor, held_records)
-        trainer = Trainer(model, processor, train_items, eval_items, cfg, job.dir, on_event=job.event,
+        trainer = Trainer(model, processor, train_items, eval_items, cfg, job.dir, on_event=write.event,
                           should_stop=stop)
         before_path = job.dir / "eval_before.json"
         if resume and before_path.is_file():
@@ -125,9 +149,9 @@ def run_job(job_dir: str | os.PathLike, *, resume: bool = False, stop: StopFlag 
         else:
             res = trainer.evaluate()
             before_full = {**res.as_dict(), "answers": res.answers}
-            before_path.write_text(json.dumps(before_full, ensure_ascii=False))
+            write.text(before_path, json.dumps(before_full, ensure_ascii=False))
         before = {k: before_full[k] for k in ("loss", "exact_match", "n")}
-        job.event({"event": "eval", "time": time.time(), "phase": "before", **before})
+        write.event({"event": "eval", "time": time.time(), "phase": "before", **before})
         if stop():
             status = "stopped"
         else:
@@ -135,12 +159,13 @@ def run_job(job_dir: str | os.PathLike, *, resume: bool = False, stop: StopFlag 
         after = None
         if status == "completed":
             trainer.save_adapter(job.adapter_dir)
-            zip_adapter(job.adapter_dir, job.dir / "adapter.zip")
+            if main:
+                zip_adapter(job.adapter_dir, job.dir / "adapter.zip")
             res = trainer.evaluate()
             after = res.as_dict()
-            job.event({"event": "eval", "time": time.time(), "phase": "after", **after})
+            write.event({"event": "eval", "time": time.time(), "phase": "after", **after})
             retention = trainer.retention_report()  # the forgetting report: base answers kept on held-out probes
-            job.event({"event": "retention", "time": time.time(), **retention})
+            write.event({"event": "retention", "time": time.time(), **retention})
             examples = [{
                 "id": it.id, "image": str(r.images[0]) if r.images else None, "question": it.question,
                 "reference": it.reference, "base": b, "tuned": t, "correct": exact_match(t, it.reference),
@@ -153,10 +178,10 @@ def run_job(job_dir: str | os.PathLike, *, resume: bool = False, stop: StopFlag 
         ckpt = job.latest_checkpoint()
         summary["checkpoint"] = str(ckpt) if ckpt else None
         if examples:
-            (job.results_path).write_text(json.dumps({"summary": summary, "examples": examples},
-                                                     ensure_ascii=False, indent=1))
-        job.update(status=status, summary=summary, pid=None)
-        job.event({"event": "done" if status == "completed" else "stopped", "time": time.time(), **summary})
+            write.text(job.results_path, json.dumps({"summary": summary, "examples": examples},
+                                                    ensure_ascii=False, indent=1))
+        write.update(status=status, summary=summary, pid=None)
+        write.event({"event": "done" if status == "completed" else "stopped", "time": time.time(), **summary})
         logger.info("job %s %s: %s", job.id, status, summary)
         return {"status": status, **summary}
     except BaseException as exc:
@@ -167,8 +192,8 @@ def run_job(job_dir: str | os.PathLike, *, resume: bool = False, stop: StopFlag 
         ckpt = job.latest_checkpoint()
         if ckpt:
             message += f" (the last checkpoint, {ckpt.name}, is intact: resume from it)"
-        job.update(status="failed", error=message, pid=None)
-        job.event({"event": "failed", "time": time.time(), "message": message})
+        write.update(status="failed", error=message, pid=None)
+        write.event({"event": "failed", "time": time.time(), "message": message})
         raise
     finally:
         if lock is not None:

@@ -410,34 +410,34 @@ class Trainer:
         total = self.state.total_steps
         eval_every = self.cfg.eval_every or max(1, total // 10)
         self.emit("train_start", step=self.state.step, total_steps=total, n_train=len(self.train_items),
-                  n_eval=len(self.eval_items), batch_size=self.cfg.batch_size)
+                  n_eval=len(self.eval_items), batch_size=self.cfg.batch_size, **self._processes())
         device = self.acc.device
         self.model.train()
         run_start = time.perf_counter()
         base_seconds = self.state.train_seconds
         status = "completed"
         while self.state.step < total:
-            if self.should_stop() or (self.cfg.time_limit_s and time.perf_counter() - run_start > self.cfg.time_limit_s):
+            stop = self.should_stop() or bool(self.cfg.time_limit_s and time.perf_counter() - run_start > self.cfg.time_limit_s)
+            if self._anyone(stop):
                 status = "stopped"
                 break
             t0 = time.perf_counter()
-            micro_batches = self._batch_indices(self.state.step)
-            step_loss, guard_loss = 0.0, 0.0  # the upload's loss (the curve) and the guard's, apart
-            for idx in micro_batches:
-                batch = collate([self.train_items[i].encoded for i in idx], self.pad_id)
-                batch = {k: v.to(device) for k, v in batch.items()}
-                loss = self.model(**batch).loss / len(micro_batches)
-                self.acc.backward(loss)
-                step_loss += float(loss.detach())
+            micro_batches = [collate([self.train_items[i].encoded for i in idx], self.pad_id)
+                             for idx in self._batch_indices(self.state.step)]
+            # the upload's loss (the curve) and the guard's, apart; each a mean over the step's answer tokens
+            step_loss = self._backward_token_mean(micro_batches, lambda batch: self.model(**batch).loss)
+            guard_loss = 0.0
             if self.probes:  # the retention guard: the base model's answers beside the upload
                 from vitdemo.finetune.retention import probe_loss
 
-                batch = collate([self.probes[i].item.encoded for i in self._probe_indices(self.state.step)],
-                                self.pad_id)
-                batch = {k: v.to(device) for k, v in batch.items()}
-                guard = probe_loss(self.model, batch, self.cfg.retention_mode) * self.cfg.retention_weight
-                self.acc.backward(guard)
-                guard_loss = float(guard.detach())
+                probes = collate([self.probes[i].item.encoded for i in self._probe_indices(self.state.step)],
+                                 self.pad_id)
+                guard_loss = self._backward_token_mean(
+                    [probes], lambda batch: probe_loss(self.model, batch, self.cfg.retention_mode),
+                    self.cfg.retention_weight)
+            if self.acc.num_processes > 1:  # each process holds its part of the means: add them up
+                both = self.acc.reduce(torch.tensor([step_loss, guard_loss], device=device), reduction="sum")
+                step_loss, guard_loss = float(both[0]), float(both[1])
             if not math.isfinite(step_loss + guard_loss):
                 raise VitdemoError(f"the loss became {step_loss + guard_loss} at step {self.state.step + 1}: lower the learning "
                                    f"rate (now {self.cfg.lr:g})")
@@ -461,6 +461,42 @@ class Trainer:
                 self.save_checkpoint()
         self.save_checkpoint()
         return status
+
+    def _backward_token_mean(self, batches: list[dict[str, torch.Tensor]], loss_of: Callable[[dict], torch.Tensor],
+                             weight: float = 1.0) -> float:
+        """Backward of `weight` x the mean loss over every answer token of this step's batches,
+        on all processes together; returns this process's part of that mean.
+
+        Each batch's loss is a mean over its own answer tokens, so it counts by its share of the
+        step's tokens: micro-batches (grad_accum) and processes holding longer answers weigh
+        more, and N processes get the gradient one process gets from the whole batch (the
+        gradient exchange averages over processes, hence the factor N)."""
+        counts = [int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches]  # every record has an answer
+        total = sum(counts)
+        if self.acc.num_processes > 1:
+            total = int(self.acc.reduce(torch.tensor([total], device=self.acc.device), reduction="sum")[0])
+        part = 0.0
+        for batch, n in zip(batches, counts):
+            share = n / max(total, 1)
+            loss = loss_of({k: v.to(self.acc.device) for k, v in batch.items()}) * (weight * share)
+            self.acc.backward(loss * self.acc.num_processes)
+            part += float(loss.detach())
+        return part
+
+    def _processes(self) -> dict[str, Any]:
+        """How many processes train (and over which backend they exchange gradients)."""
+        if self.acc.num_processes == 1:
+            return {"processes": 1}
+        import torch.distributed as dist
+
+        return {"processes": self.acc.num_processes, "backend": dist.get_backend()}
+
+    def _anyone(self, flag: bool) -> bool:
+        """True if any process says so: data-parallel processes stop at the same step or none
+        would reach the next gradient exchange (alone: the flag itself)."""
+        if self.acc.num_processes == 1:
+            return flag
+        return bool(self.acc.reduce(torch.tensor([float(flag)], device=self.acc.device), reduction="sum")[0] > 0)
 
     def save_adapter(self, folder: Path) -> Path:
         """The final adapter (PEFT format, safetensors), written atomically."""
