@@ -7,31 +7,13 @@ import os
 import signal
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from ft_helpers import write_color_dataset
-from vitdemo.finetune.data.records import load_dataset, save_records
+from ft_helpers import make_job as _make_job, wait_for as _wait
 from vitdemo.errors import BusyError, InputError
 from vitdemo.finetune.jobs import Job, JobLock, jobs_root, list_jobs, new_job, open_job, pid_alive, start_job, stop_job
-
-
-def _make_job(home: Path, model_dir: Path, **config) -> Job:
-    job = new_job(home, model=str(model_dir), config=config, quant="none", device="cpu")
-    write_color_dataset(job.data_dir, n=24)
-    report = load_dataset(job.data_dir)
-    save_records(report.usable_records(), report, job.records_path)
-    return job
-
-
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def _last_step(job: Job) -> int:
@@ -154,3 +136,18 @@ def test_old_jobs_are_pruned_but_finished_adapters_stay(tmp_path: Path) -> None:
     listed = {j["id"]: j for j in list_jobs(tmp_path)}
     assert listed[done.id]["has_adapter"] and failed.id not in listed
     assert prune_jobs(tmp_path, ttl_hours=168, now=week_later + 3600 * 24 * 30) == []  # pruned once only
+
+
+def test_a_job_asked_to_stop_whose_process_is_gone_reads_stopped_not_failed(tmp_path: Path) -> None:
+    """Stop pressed in the runner's first moments (before it handles SIGTERM) ends it at once:
+    the user asked for that, so the job is stopped, and says there is nothing to resume."""
+    from vitdemo.finetune import service as svc
+    from vitdemo.finetune.owners import Owner
+
+    job = new_job(tmp_path, model="m", config={}, owner="user:a")
+    job.update(status="stopping", pid=2 ** 22 + 12345)
+    assert job.refresh()["status"] == "stopped"
+    line = svc.progress(SimpleNamespace(home=tmp_path), job.id, Owner("user:a")).message
+    assert line.startswith("Stopped at step 0") and "nothing to resume" in line
+    job.update(status="running", pid=2 ** 22 + 12345)
+    assert job.refresh()["status"] == "failed"  # not asked to stop: it died

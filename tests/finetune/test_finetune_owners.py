@@ -147,15 +147,18 @@ def test_the_merged_model_is_offered_as_a_download_without_server_paths(tmp_path
     assert "too big" in big and str(tmp_path) not in big
 
 
-def test_the_busy_note_says_start_is_refused_and_whose_job_runs(tmp_path: Path, two_users, monkeypatch) -> None:
+def test_the_busy_note_says_new_jobs_queue_and_whose_job_runs(tmp_path: Path, two_users, monkeypatch) -> None:
+    from vitdemo.finetune import job_queue
+
     alice, bob = two_users
     job = new_job(tmp_path, model="m", config={}, owner=alice.id)
     monkeypatch.setattr(svc, "running_job", lambda home: job.id)
     mine = svc.running_job_note(_settings(tmp_path), alice)
     theirs = svc.running_job_note(_settings(tmp_path), bob)
-    assert "Start is refused until it ends" in mine and job.id in mine
+    assert "waits in a queue" in mine and job.id in mine and "waiting" not in mine
     assert "another user's job" in theirs and job.id not in theirs
-    assert "wait" not in theirs.split("Start")[0]  # no promise of a queue
+    job_queue.enqueue(new_job(tmp_path, model="m", config={}, owner=bob.id))
+    assert "1 job waiting" in svc.running_job_note(_settings(tmp_path), alice)
 
 
 def test_plural() -> None:

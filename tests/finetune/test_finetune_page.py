@@ -95,10 +95,12 @@ def _pick_job(page, job_id: str) -> None:
 
 
 def _assert_numeric_line(page) -> None:
-    """A drawn line over a linear step axis (a categorical axis labels every step: no line)."""
-    page.wait_for_function(  # a path through two points or more: "M x,y L x,y ..."
-        f"() => Array.from(document.querySelectorAll(\"{LINE}\")).some(p => (p.getAttribute('d') || '').includes('L'))",
-        timeout=90_000)
+    """A drawn line over a linear step axis (a categorical axis labels every step: no line),
+    with a colour (a line without one is not seen) and its curve in the legend."""
+    page.wait_for_function(  # a coloured path through two points or more: "M x,y L x,y ..."
+        f"() => Array.from(document.querySelectorAll(\"{LINE}\")).some(p => (p.getAttribute('d') || '').includes('L')"
+        " && p.getAttribute('stroke'))", timeout=90_000)
+    assert page.locator("#ft-plot svg").get_by_text("train", exact=True).count() >= 1, "no 'train' in the legend"
     label = page.locator(X_AXIS).first.get_attribute("aria-label") or ""
     assert "linear scale" in label, label
 
@@ -140,15 +142,24 @@ def test_curve_owners_and_the_running_note(app, browser, artifacts_dir: Path) ->
     alice.screenshot(path=str(artifacts_dir / "ft_page_1_training_curve.png"), full_page=True)
     job_id = _new_job_id(settings, before)
 
-    # Bob's page, never reloaded, learns that a job runs and that Start is refused until it ends
-    expect(bob.locator("#ft-busy")).to_contain_text("Start is refused until it ends", timeout=45_000)
+    # Bob's page, never reloaded, learns that a job trains and that a new one would wait its turn
+    expect(bob.locator("#ft-busy")).to_contain_text("waits in a queue", timeout=45_000)
     expect(bob.locator("#ft-busy")).to_contain_text("another user's job")
     assert job_id not in bob.locator("#ft-busy").inner_text()
-    bob.screenshot(path=str(artifacts_dir / "ft_page_2_other_user_sees_running.png"), full_page=True)
+    # Bob starts one anyway: it is queued, not refused, and starts by itself when Alice's ends
+    _check(bob, EXAMPLE_ZIP, "Ready to train.")
+    bob.locator("#ft-start").click()
+    bob.get_by_text("Queued (next in line)").first.wait_for(timeout=60_000)
+    expect(alice.locator("#ft-busy")).to_contain_text("1 job waiting", timeout=45_000)
+    bob.screenshot(path=str(artifacts_dir / "ft_page_2_other_user_queued.png"), full_page=True)
 
     alice.locator("#ft-stop").click()
     alice.get_by_text("Stopped at step").first.wait_for(timeout=120_000)
-    expect(bob.locator("#ft-busy")).not_to_contain_text("running", timeout=45_000)
+    bob.get_by_text(re.compile(r"Running: ")).first.wait_for(timeout=120_000)  # nobody pressed anything
+    expect(alice.locator("#ft-busy")).to_contain_text("another user's job", timeout=45_000)
+    bob.locator("#ft-stop").click()
+    bob.get_by_text("Stopped at step").first.wait_for(timeout=120_000)
+    expect(bob.locator("#ft-busy")).not_to_contain_text("training", timeout=45_000)
 
     # the same browser, a new page (as after a reload): its job is still its own; the curve draws
     again = _finetune_page(alice_ctx, url)
@@ -198,7 +209,7 @@ def test_bad_record_small_job_try_merge_and_share(app, browser, artifacts_dir: P
     alice.locator("#ft-drop input").check()
     expect(alice.locator("#ft-start")).to_be_enabled(timeout=10_000)
     before = _started(settings)
-    expect(alice.locator("#ft-busy")).not_to_contain_text("running", timeout=45_000)  # the first test's job ended
+    expect(alice.locator("#ft-busy")).not_to_contain_text("training", timeout=45_000)  # the first test's jobs ended
     alice.locator("#ft-start").click()
     alice.get_by_text("Done:").first.wait_for(timeout=300_000)
     job_id = _new_job_id(settings, before)
@@ -207,6 +218,7 @@ def test_bad_record_small_job_try_merge_and_share(app, browser, artifacts_dir: P
     expect(note).to_contain_text("2 records")
     expect(alice.locator("#ft-base")).to_be_disabled()  # still on the base model
     expect(alice.locator("#ft-try")).to_be_enabled()
+    _assert_numeric_line(alice)  # a job over before the page's first look at it still draws its curve
 
     # a text file named .png: a warning, no "Error" on the outputs
     fake = tmp_path / "notes.png"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import zipfile
 from pathlib import Path
 
@@ -53,3 +54,26 @@ def confident_head(model, scale: float = 30.0):
     with torch.no_grad():
         model.get_output_embeddings().weight.mul_(scale)
     return model
+
+
+def make_job(home: Path, model_dir: Path, n: int = 24, **config):
+    """A job folder with checked records of the colour dataset, ready to start."""
+    from vitdemo.finetune.data.records import load_dataset, save_records
+    from vitdemo.finetune.jobs import new_job
+
+    job = new_job(home, model=str(model_dir), config=config, quant="none", device="cpu")
+    write_color_dataset(job.data_dir, n=n)
+    report = load_dataset(job.data_dir)
+    save_records(report.usable_records(), report, job.records_path)
+    return job
+
+
+def wait_for(predicate, timeout: float, what: str):
+    """predicate()'s first truthy value, polled; AssertionError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

@@ -3,7 +3,8 @@
 A job folder `VITDEMO_HOME/jobs/<id>/` holds:
   data/            the unpacked upload (nothing of the job is written anywhere else)
   records.jsonl    the checked records to train on (absolute image paths inside data/)
-  job.json         settings and status: created | running | stopping | stopped | completed | failed
+  job.json         settings and status: created | queued | running | stopping | stopped | completed |
+                   failed | cancelled (queued, then taken out before it started; vitdemo.finetune.job_queue)
   progress.jsonl   one JSON line per event (train_start, step, eval_loss, checkpoint, eval, done, ...)
   checkpoints/     step-NNNNNN/ adapter + optimizer/scheduler state, written atomically
   adapter/         the final LoRA adapter (PEFT format, safetensors); adapter.zip for download
@@ -38,6 +39,7 @@ from vitdemo.paths import REPO_ROOT
 logger = logging.getLogger(__name__)
 
 ACTIVE = ("running", "stopping")
+QUEUED = "queued"  # waiting for the running job to end (vitdemo.finetune.job_queue)
 FINAL = ("stopped", "completed", "failed")
 _children: dict[int, subprocess.Popen] = {}  # runner processes this server started (reaped on poll)
 
@@ -196,10 +198,16 @@ class Job:
         return ckpts[-1] if ckpts else None
 
     def refresh(self) -> dict[str, Any]:
-        """job.json, with a running job whose process is gone marked failed."""
+        """job.json, with a running job whose process is gone marked failed (or stopped, when
+        it was asked to stop: a Stop in the runner's first moments, before it handles the
+        signal, ends the process at once)."""
         data = self.read()
         marker = data.get("pid_marker") or self.id  # text the runner's command line contains
         if data.get("status") in ACTIVE and not pid_alive(data.get("pid"), must_contain=marker):
+            if data.get("status") == "stopping":
+                data = self.update(status="stopped", pid=None)
+                self.event({"event": "stopped", "time": time.time()})
+                return data
             ckpt = self.latest_checkpoint()
             note = (f"; the last checkpoint ({ckpt.name}) is intact: press Resume" if ckpt
                     else "; no checkpoint was written yet: start again")
@@ -270,7 +278,7 @@ def prune_jobs(home: str | os.PathLike, ttl_hours: float, now: float | None = No
     pruned = []
     for data in list_jobs(home):
         touched = max(float(data.get("updated") or 0), float(data.get("created") or 0))
-        if data.get("status") in ACTIVE or now - touched < ttl_hours * 3600 or data.get("pruned"):
+        if data.get("status") in ACTIVE or data.get("status") == QUEUED or now - touched < ttl_hours * 3600 or data.get("pruned"):
             continue
         job = Job(data["dir"])
         if data.get("status") == "completed" and data["has_adapter"]:

@@ -15,7 +15,8 @@ from vitdemo.finetune.data.records import DataLimits, DatasetReport, ingest_uplo
 from vitdemo.finetune.data.formats import ParseLimits
 from vitdemo.config import Settings
 from vitdemo.core.engine import Engine
-from vitdemo.errors import DatasetError, InputError
+from vitdemo.errors import BusyError, DatasetError, InputError
+from vitdemo.finetune import job_queue
 from vitdemo.finetune.config import FinetuneConfig
 from vitdemo.finetune.forgetting import retention_notes, retention_row
 from vitdemo.finetune.jobs import Job, list_jobs, new_job, open_job, prune_jobs, running_job, start_job, stop_job
@@ -166,33 +167,49 @@ def start_checked(engine: Engine, settings: Settings, checked: CheckResult, conf
     """Start the job of a check result (works for uploads and typed pairs alike)."""
     job, report = _open(settings, checked.job.id, owner, change=True), checked.report
     cfg = FinetuneConfig.from_dict(config)
-    busy = running_job(settings.home)
-    if busy and busy != job.id:
-        from vitdemo.errors import BusyError
-
-        raise BusyError(busy_message(settings, busy, owner))
     if job.read().get("status") != "created":
         raise InputError(f"job {job.id} was already started; use Resume, or check the data again for a new job")
     records = report.usable_records(drop_bad=drop_bad)
     save_records(records, report, job.records_path)
     job.update(config=cfg.to_dict(), data=report.summary(), drop_bad=drop_bad)
-    start_job(settings.home, job)
+    _start_or_queue(settings, job)
     return job
+
+
+def _start_or_queue(settings: Settings, job: Job, resume: bool = False) -> None:
+    """Start the job now if no job runs and none waits before it; otherwise queue it (it
+    starts by itself, in turn, when the running one ends)."""
+    job_queue.ensure_worker(settings.home)
+    if running_job(settings.home) or job_queue.queued_ids(settings.home):
+        job_queue.enqueue(job, resume=resume)
+        return
+    try:
+        start_job(settings.home, job, resume=resume)
+    except BusyError:  # another user's job took the slot a moment ago
+        job_queue.enqueue(job, resume=resume)
 
 
 def resume(settings: Settings, job_id: str, owner: Owner) -> Job:
     job = _open(settings, job_id, owner, change=True)
     data = job.refresh()
-    if data.get("status") in ("running", "stopping"):
-        raise InputError("this job is running already")
+    if data.get("status") in ("running", "stopping", job_queue.QUEUED):
+        raise InputError("this job is running already" if data.get("status") != job_queue.QUEUED
+                         else "this job is waiting in the queue already")
     if data.get("status") == "completed":
         raise InputError("this job has finished; there is nothing to resume")
-    start_job(settings.home, job, resume=True)
+    if job.latest_checkpoint() is None:
+        raise InputError("this job has no checkpoint to resume from: start it again instead")
+    _start_or_queue(settings, job, resume=True)
     return job
 
 
 def stop(settings: Settings, job_id: str, owner: Owner) -> dict[str, Any]:
-    return stop_job(_open(settings, job_id, owner, change=True), wait_s=0)
+    """Stop a running job (it checkpoints first) or take a queued one out of the queue."""
+    job = _open(settings, job_id, owner, change=True)
+    if job.read().get("status") == job_queue.QUEUED:
+        job_queue.cancel(job)
+        return job.read()
+    return stop_job(job, wait_s=0)
 
 
 def share(settings: Settings, job_id: str, owner: Owner, shared: bool = True) -> None:
@@ -257,21 +274,33 @@ def progress(settings: Settings, job_id: str, owner: Owner | None) -> Progress:
         (e["total_steps"] for e in events if e["event"] == "train_start"), 0)
     eta = eta_seconds(events) if data.get("status") == "running" and total else None
     phase = events[-1]["event"] if events else "starting"
-    message = _status_line(data, phase, step, total, eta)
+    message = _status_line(data, phase, step, total, eta, job_queue.position(settings.home, job.id)
+                           if data.get("status") == job_queue.QUEUED else None,
+                           checkpoint=job.latest_checkpoint() is not None)
     results = job.results()
     note = _no_results_note(events, data) if results is None and data.get("status") == "completed" else ""
     return Progress(data.get("status", "?"), step, total, eta, curve, message, results, note,
                     bool(data.get("shared")), can_change(data, owner))
 
 
-def _status_line(data: dict[str, Any], phase: str, step: int, total: int, eta: float | None) -> str:
+def _status_line(data: dict[str, Any], phase: str, step: int, total: int, eta: float | None,
+                 place: int | None = None, checkpoint: bool = True) -> str:
     status = data.get("status")
+    if status == job_queue.QUEUED:
+        ahead = "next in line" if place == 1 else f"number {place} in line" if place else "in line"
+        return (f"Queued ({ahead}): another job is training; this one starts by itself when the jobs before it "
+                "end. Stop takes it out of the queue.")
+    if status == job_queue.CANCELLED:
+        return "Taken out of the queue before it started. Check the data again to start a new job."
     if status == "failed":
         return f"Failed: {data.get('error')}"
     if status == "completed":
         s = data.get("summary") or {}
         return f"Done: {s.get('steps')} steps in {s.get('seconds')} s ({s.get('samples_per_s')} samples/s)."
     if status == "stopped":
+        if not checkpoint:
+            return (f"Stopped at step {step} of {total or '?'}, before its first checkpoint: nothing to resume; "
+                    "check the data again to start a new job.")
         return f"Stopped at step {step} of {total}; the checkpoint is kept: press Resume to continue."
     if status in ("running", "stopping"):
         what = {"loading": "loading the model", "preparing": "preparing the examples",
@@ -375,15 +404,17 @@ def zip_path(settings: Settings, job_id: str, owner: Owner | None) -> str | None
 
 
 def busy_message(settings: Settings, busy: str, owner: Owner | None) -> str:
-    """One job runs at a time: Start is refused (not queued) while one runs; says whose it is."""
+    """One job trains at a time: others wait in a queue; says whose job runs and how many wait."""
     try:
         data = open_job(settings.home, busy).read()
     except InputError:
         data = {}
     mine = owner is not None and data.get("owner") == owner.id
     whose = f"your job `{busy}`" if mine else f"job `{busy}`" if can_see(data, owner) else "another user's job"
-    return (f"A fine-tune job is running on this server ({whose}). One job runs at a time: Start is refused "
-            "until it ends; press Start again then.")
+    waiting = len(job_queue.queued_ids(settings.home))
+    queue = f" {plural(waiting, 'job')} waiting." if waiting else ""
+    return (f"A fine-tune job is training on this server ({whose}). One job trains at a time: a job started now "
+            f"waits in a queue and starts by itself when the jobs before it end.{queue}")
 
 
 def running_job_note(settings: Settings, owner: Owner | None = None) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from vitdemo.finetune import job_queue
 from vitdemo.finetune import service as svc
 from vitdemo.chat.conversation import GenerationSettings, answer, user_message
 from vitdemo.core.images import open_image
@@ -54,14 +55,18 @@ def _curve(points: list[tuple[int, float, str]]) -> pd.DataFrame:
 
 
 def _plot_update(points: list[tuple[int, float, str]], shown: Any) -> tuple[Any, Any]:
-    """The plot's new value, and the curves it now shows.
+    """The plot's new value, and the curves it now shows (None: no frame drawn).
 
     The page's plot fixes its axis types and its set of curves when it draws its frame, and
     redraws the frame only when a setting such as the colour map changes; a new value alone
     just moves the points. So the colour map is sent again exactly when the set of curves
     changes (a job's first points, the first held-out point, another job), and plain values
-    in between."""
+    in between. Before a job has points the plot gets no value at all: after an empty value,
+    the next value with its colour map drew axes without a line (a job over before the
+    page's first look at it kept that picture: nothing came after)."""
     frame = _curve(points)
+    if frame.empty:
+        return (gr.skip(), None) if shown is None else (gr.LinePlot(value=None), None)
     curves = sorted(set(frame["curve"]))
     if curves == list(shown or []):
         return frame, gr.skip()
@@ -104,6 +109,7 @@ def create_finetune_tab(engine: Engine, settings: Settings, adapter_state: gr.St
     session = session if session is not None else identity.new_state(settings)
     checked = gr.State(None)  # svc.CheckResult of this user's last check
     job_id = gr.State(None)  # the job this user is watching
+    job_queue.ensure_worker(settings.home)  # jobs queued before a restart start again in turn
 
     gr.Markdown(HELP)
     busy_md = gr.Markdown("", elem_id="ft-busy")  # filled per page (a page built once serves every user)
@@ -234,7 +240,10 @@ def create_finetune_tab(engine: Engine, settings: Settings, adapter_state: gr.St
             job = svc.start_checked(engine, settings, result, config, drop, owner)
         except VitdemoError as err:
             _error(err)
-        gr.Info(f"job {job.id} started")
+        if job.read().get("status") == "queued":
+            gr.Info(f"job {job.id} is queued: another job is training; yours starts by itself when it ends")
+        else:
+            gr.Info(f"job {job.id} started")
         return (job.id, gr.Timer(active=True), gr.Button(interactive=False), gr.Button(interactive=True),
                 svc.running_job_note(settings, owner))
 
@@ -246,7 +255,7 @@ def create_finetune_tab(engine: Engine, settings: Settings, adapter_state: gr.St
             p = svc.progress(settings, jid, owner)
         except VitdemoError as err:
             return (gr.Timer(active=False), _bar(0, str(err))) + (gr.skip(),) * 12
-        running = p.status in ("running", "stopping")
+        running = p.status in ("running", "stopping", "queued")  # a queued job is followed until it runs and ends
         frac = p.step / p.total if p.total else 0.0
         done = p.status == "completed"
         has_ckpt = p.status in ("stopped", "failed")

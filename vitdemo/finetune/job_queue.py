@@ -1,0 +1,98 @@
+"""The queue of fine-tune jobs waiting for the one that runs (one job at a time per server).
+
+A job started while another runs is marked `queued` in its job.json (with the time and
+whether it resumes), so the queue survives a restart of the server. A worker thread in the
+server starts the oldest queued job as soon as no job holds the lock; a queued job can be
+taken out again before it starts (`cancel`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from vitdemo.errors import BusyError, InputError, VitdemoError
+from vitdemo.finetune.jobs import QUEUED, Job, list_jobs, open_job, running_job, start_job
+
+logger = logging.getLogger(__name__)
+
+CANCELLED = "cancelled"  # taken out of the queue before it started
+POLL_S = 1.0  # how often the worker looks for a free slot (a job start takes longer than this)
+
+
+def enqueue(job: Job, *, resume: bool = False) -> None:
+    job.update(status=QUEUED, queued_at=time.time(), queued_resume=resume, error=None)
+    logger.info("job %s queued%s", job.id, " (resume)" if resume else "")
+
+
+def cancel(job: Job) -> None:
+    """Take a job out of the queue before it starts."""
+    if job.read().get("status") != QUEUED:
+        raise InputError(f"job {job.id} is not waiting in the queue")
+    job.update(status=CANCELLED)
+
+
+def queued_ids(home: str | Path) -> list[str]:
+    """Ids of the queued jobs, first in line first."""
+    waiting = [j for j in list_jobs(home) if j.get("status") == QUEUED]
+    return [j["id"] for j in sorted(waiting, key=lambda j: float(j.get("queued_at") or 0))]
+
+
+def position(home: str | Path, job_id: str) -> int | None:
+    """1 for the next job to start; None if the job is not queued."""
+    ids = queued_ids(home)
+    return ids.index(job_id) + 1 if job_id in ids else None
+
+
+def start_next(home: str | Path) -> str | None:
+    """Start the first queued job if no job runs; its id, or None."""
+    if running_job(home):
+        return None
+    for job_id in queued_ids(home):
+        job = open_job(home, job_id)
+        data = job.read()
+        if data.get("status") != QUEUED:
+            continue  # cancelled meanwhile
+        try:
+            start_job(home, job, resume=bool(data.get("queued_resume")))
+        except BusyError:
+            return None  # another start won the lock: it stays queued
+        except VitdemoError as err:  # e.g. its records are gone: the next one in line gets the slot
+            job.update(status="failed", error=f"could not start from the queue: {err}")
+            continue
+        logger.info("job %s started from the queue", job_id)
+        return job_id
+    return None
+
+
+class QueueWorker(threading.Thread):
+    """Starts queued jobs when the slot frees, for as long as the server runs."""
+
+    def __init__(self, home: Path) -> None:
+        super().__init__(name=f"job-queue-{home.name}", daemon=True)
+        self.home = home
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(POLL_S):
+            try:
+                start_next(self.home)
+            except Exception:  # noqa: BLE001 - the worker must outlive one bad job folder
+                logger.exception("job queue: could not start the next job")
+
+
+_workers: dict[Path, QueueWorker] = {}
+_workers_lock = threading.Lock()
+
+
+def ensure_worker(home: str | Path) -> QueueWorker:
+    """The one worker for this home (started on first use)."""
+    key = Path(home).expanduser().resolve()
+    with _workers_lock:
+        worker = _workers.get(key)
+        if worker is None or not worker.is_alive():
+            worker = _workers[key] = QueueWorker(key)
+            worker.start()
+        return worker
