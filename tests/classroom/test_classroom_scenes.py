@@ -57,6 +57,29 @@ def test_exists_negatives_are_absent():
         assert (named in present) == (qa.answer == "yes")
 
 
+def test_questions_about_what_is_not_there_name_it_and_answer_no():
+    rng = np.random.default_rng(8)
+    kinds = set()
+    for _ in range(300):
+        scene = scenes.generate_scene(rng, size=48, style=scenes.SceneStyle(supersample=1))
+        qa = scenes.question_for(scene, scenes.ABSENT, rng, canonical=False)
+        if qa is None:  # every shape (or every colour) is there: nothing to ask about
+            continue
+        missing = qa.answer.removeprefix("no ")
+        assert qa.form == scenes.ABSENT and qa.target is None and qa.answer.startswith("no ")
+        if missing.endswith(" object"):  # "What shape is the purple object?" -> "no purple object"
+            color = missing.removesuffix(" object")
+            assert color in scenes.COLORS and color in qa.question
+            assert all(o.color != color for o in scene.objects)
+            kinds.add("shape")
+        else:  # "What color is the circle?" -> "no circle"
+            assert missing in scenes.SHAPES and missing in qa.question
+            assert all(o.shape != missing for o in scene.objects)
+            kinds.add("color")
+    assert kinds == {"color", "shape"}
+    assert scenes.ABSENT not in scenes.FORMS  # the stages that ask every form do not ask it
+
+
 def test_layout_fixes_objects_and_cells():
     rng = np.random.default_rng(0)
     layout = [("red", "circle", 0), ("blue", "square", 8)]
@@ -111,3 +134,18 @@ def test_the_standard_style_draws_what_it_always_drew():
 def test_unknown_background_is_refused():
     with pytest.raises(ValueError, match="unknown background"):
         scenes.generate_scene(np.random.default_rng(0), size=48, style=scenes.SceneStyle(background="plaid"))
+
+
+def test_absent_scoring_counts_no_answers_per_kind(monkeypatch):
+    from vitdemo.classroom import evaluate
+
+    items = evaluate.absent_items(30, seed=11)
+    # A model that answers "no ..." right to colour questions and guesses "red" to shape questions.
+    fake = lambda model, processor, images, questions: [  # noqa: E731
+        item.qa.answer if "color" in item.qa.question else "red" for item in items]
+    monkeypatch.setattr(evaluate, "answer_batch", fake)
+    report = evaluate.evaluate_absent(None, None, 30, seed=11)
+    colour = sum("color" in i.qa.question for i in items)
+    assert report["n_questions"] == len(items) > 20
+    assert report["per_kind"] == {"color": 1.0, "shape": 0.0}
+    assert report["exact_match"] == colour / len(items)

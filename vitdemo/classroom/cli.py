@@ -33,6 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--seed", type=int, default=None, help="held-out seed (default: the fixed held-out seed)")
     ev.add_argument("--no-pointing", action="store_true", help="skip the attention pointing game")
     ev.add_argument("--no-shifted", action="store_true", help="skip the background-shifted held-out set")
+    ev.add_argument("--no-absent", action="store_true", help="skip the questions about what a scene lacks")
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(func=run_eval)
 
@@ -114,7 +115,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from vitdemo.classroom.report import evaluate_classroom
 
     report = evaluate_classroom(args.model, n_scenes=args.scenes, seed=args.seed,
-                                pointing=not args.no_pointing, shifted=not args.no_shifted)
+                                pointing=not args.no_pointing, shifted=not args.no_shifted,
+                                absent=not args.no_absent)
     if args.json:
         print(json.dumps(report, indent=1))
     else:
@@ -127,6 +129,10 @@ def run_eval(args: argparse.Namespace) -> int:
             shifted = report["shifted_answers"]
             print(f"background-shifted scenes: exact match {shifted['exact_match']:.3f} "
                   + " ".join(f"{form} {acc:.3f}" for form, acc in shifted["per_form"].items()))
+        if "absent_answers" in report:
+            absent = report["absent_answers"]
+            print(f"questions about what is not there (\"no ...\"): exact match {absent['exact_match']:.3f} "
+                  + " ".join(f"{kind} {acc:.3f}" for kind, acc in absent["per_kind"].items()))
         print(f"zero-shot caption top-1 of 5: {report['zero_shot_top1']:.3f}")
         if "pointing_game" in report:
             print(f"pointing game: {report['pointing_game']['accuracy']:.3f} "

@@ -25,6 +25,8 @@ HELD_OUT_SEED = 1_000_003
 # The background-shifted held-out set (scenes.VARIED_STYLE): a seed of its own, so its
 # layouts are not those of the standard set drawn again.
 SHIFTED_SEED = 2_000_003
+# Questions about what a held-out scene does not have ("no circle"): their own seed too.
+ABSENT_SEED = 3_000_003
 
 
 @dataclass
@@ -46,6 +48,33 @@ def held_out_items(n_scenes: int, seed: int = HELD_OUT_SEED, size: int = 192,
             scene.image = scenes.jpeg_roundtrip(scene.image, int(rng.integers(40, 90)))
         items += [SceneQuestion(scene, qa) for qa in scenes.questions_for(scene, rng, canonical=True)]
     return items
+
+
+def absent_items(n_scenes: int, seed: int = ABSENT_SEED, size: int = 192) -> list[SceneQuestion]:
+    """One question about something missing (scenes.absent_question) per held-out scene that allows one."""
+    rng = np.random.default_rng(seed)
+    items: list[SceneQuestion] = []
+    for _ in range(n_scenes):
+        scene = scenes.generate_scene(rng, size=size)
+        qa = scenes.absent_question(scene, rng, canonical=True)
+        if qa is not None:
+            items.append(SceneQuestion(scene, qa))
+    return items
+
+
+def evaluate_absent(model: Any, processor: Any, n_scenes: int, seed: int = ABSENT_SEED) -> dict:
+    """Exact match of "no ..." to questions about what the scene lacks, overall and per
+    kind of question (colour of a missing shape, shape of a missing colour)."""
+    items = absent_items(n_scenes, seed)
+    answers = answer_batch(model, processor, [i.scene.image for i in items], [i.qa.question for i in items])
+    hits: dict[str, list[bool]] = defaultdict(list)
+    for item, answer in zip(items, answers):
+        kind = "shape" if item.qa.answer.endswith(" object") else "color"  # "no red object" | "no circle"
+        hits[kind].append(answer == item.qa.answer)
+    every = [h for v in hits.values() for h in v]
+    return {"exact_match": float(np.mean(every)) if every else 0.0,
+            "per_kind": {kind: float(np.mean(v)) for kind, v in sorted(hits.items())},
+            "n_questions": len(every)}
 
 
 def cell_box(cell: int, size: tuple[int, int], n: int = 3) -> tuple[float, float, float, float]:

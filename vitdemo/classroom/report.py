@@ -30,9 +30,10 @@ def load_contrastive(folder: Path):
 
 
 def evaluate_classroom(folder: Path, n_scenes: int = 500, seed: int | None = None,
-                       pointing: bool = True, shifted: bool = True) -> dict:
-    """Standard held-out scenes (answers, zero-shot, pointing) and, with `shifted`, the same
-    answer scoring on background-shifted scenes (scenes.VARIED_STYLE, its own seed)."""
+                       pointing: bool = True, shifted: bool = True, absent: bool = True) -> dict:
+    """Standard held-out scenes (answers, zero-shot, pointing); with `shifted`, the same
+    answer scoring on background-shifted scenes (scenes.VARIED_STYLE, its own seed); with
+    `absent`, questions about what a scene lacks (its own seed)."""
     seed = evaluate.HELD_OUT_SEED if seed is None else seed
     start = time.time()
     model, processor = load_classroom(folder)
@@ -44,6 +45,10 @@ def evaluate_classroom(folder: Path, n_scenes: int = 500, seed: int | None = Non
         shifted_seed = evaluate.SHIFTED_SEED + (seed - evaluate.HELD_OUT_SEED)
         report["shifted_answers"] = {"seed": shifted_seed, **evaluate.evaluate_answers(
             model, processor, n_scenes, shifted_seed, style=scenes.VARIED_STYLE)}
+    if absent:
+        absent_seed = evaluate.ABSENT_SEED + (seed - evaluate.HELD_OUT_SEED)
+        report["absent_answers"] = {"seed": absent_seed,
+                                    **evaluate.evaluate_absent(model, processor, n_scenes, absent_seed)}
     if pointing:
         items = evaluate.pointing_items(evaluate.held_out_items(n_scenes, seed))
         report["pointing_game"] = pointing_game(model, processor, items)

@@ -253,6 +253,11 @@ _TEMPLATES: dict[str, tuple[str, ...]] = {
                  "What do you see?"),
 }
 FORMS: tuple[str, ...] = tuple(_TEMPLATES)
+# Questions about something the scene does not have ("What color is the circle?" with no
+# circle): answered "no circle", never a guessed colour. Not one of FORMS, so the stages
+# that draw every form (and their random streams) are as before; the backgrounds stage asks
+# them by weight.
+ABSENT = "absent"
 
 
 def _template(rng: np.random.Generator, form: str, canonical: bool) -> str:
@@ -275,6 +280,8 @@ def question_for(scene: Scene, form: str, rng: np.random.Generator,
     """One question of the given form about the scene, or None if the form does not apply.
 
     `target` picks the object a "where" question asks about (default: a random one)."""
+    if form == ABSENT:
+        return absent_question(scene, rng, canonical)
     objs = scene.objects
     text = _template(rng, form, canonical)
     if form == "color":
@@ -309,7 +316,25 @@ def question_for(scene: Scene, form: str, rng: np.random.Generator,
         return QA(text.format(color=color, shape=shape), "no", form)
     if form == "describe":
         return QA(text, describe(scene), form)
-    raise ValueError(f"unknown question form {form!r}; expected one of {FORMS}")
+    raise ValueError(f"unknown question form {form!r}; expected one of {FORMS + (ABSENT,)}")
+
+
+def absent_question(scene: Scene, rng: np.random.Generator, canonical: bool = True) -> QA | None:
+    """A colour question about a shape the scene does not have, or a shape question about a
+    colour it does not have, and its answer "no ..." naming what is missing. ("Where is the
+    green triangle?" about a missing pair was tried too: it cost the "where" answers about
+    objects that are there; docs/classroom.md.)"""
+    if rng.random() < 0.5:
+        missing = [s for s in SHAPES if all(o.shape != s for o in scene.objects)]
+        if not missing:
+            return None
+        shape = missing[int(rng.integers(len(missing)))]
+        return QA(_template(rng, "color", canonical).format(shape=shape), f"no {shape}", ABSENT)
+    missing = [c for c in COLORS if all(o.color != c for o in scene.objects)]
+    if not missing:
+        return None
+    color = missing[int(rng.integers(len(missing)))]
+    return QA(_template(rng, "shape", canonical).format(color=color), f"no {color} object", ABSENT)
 
 
 def questions_for(scene: Scene, rng: np.random.Generator, canonical: bool = True) -> list[QA]:
