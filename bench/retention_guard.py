@@ -45,6 +45,7 @@ def main() -> int:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a FinetuneConfig default for every run")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--errors", action="store_true", help="also print the new skill's wrong held-out answers")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -97,6 +98,10 @@ def main() -> int:
                    "color_before": round(base_scores["color"], 3), "color_after": round(scores["color"], 3),
                    "agreement": report["agreement"], "n_report": report["n"]}
             rows.append(row)
+            if args.errors:
+                for item, answer in zip(trainer.eval_items, after.answers):
+                    if not exact_match(answer, item.reference):
+                        print(f"  wrong: {item.question!r} -> {answer!r} (reference {item.reference!r})", flush=True)
             if not args.json:
                 print(f"{name:<15} {guard:<6} skill {row['skill_before']:.1%} -> {row['skill_after']:.1%} "
                       f"({row['held_out']}); original {row['original_before']:.1%} -> {row['original_after']:.1%} "

@@ -42,7 +42,7 @@ def _wait_idle(page) -> None:
     time.sleep(0.5)
 
 
-def test_chat_refusals_and_hints(chat_url: str, tiny_llava_dir: Path, tmp_path: Path, artifacts_dir: Path,
+def test_chat_refusals_hints_and_seeds(chat_url: str, tiny_llava_dir: Path, tmp_path: Path, artifacts_dir: Path,
                                        capfd) -> None:
     picture = tmp_path / "red.png"
     Image.new("RGB", (64, 48), "red").save(picture)
@@ -84,9 +84,26 @@ def test_chat_refusals_and_hints(chat_url: str, tiny_llava_dir: Path, tmp_path: 
         chat.locator(".bot").get_by_text("upload an image").wait_for(timeout=60_000)
         _wait_idle(page)
 
-        # Regenerate at temperature > 0 showing a fresh seed is checked on the session
-        # (tests/chat/test_session_refusals.py): through this page it showed no seed in 2 of
-        # 5 runs (cause not found yet), so it is not asserted here.
         page.screenshot(path=str(artifacts_dir / "chat_no_image_hint.png"), full_page=True)
+
+        # Sampling: each Regenerate is a new sample with its seed shown.
+        page.get_by_text("Generation settings").click()
+        temperature = page.get_by_label("number input for Temperature (0 = greedy, repeatable)")
+        temperature.fill("2")
+        temperature.press("Tab")
+        seeds: list[str] = []
+        for _ in range(3):
+            page.locator("#vitdemo-regenerate").click()
+            deadline = time.time() + 120  # a loaded machine (CI beside other jobs) answers slowly
+            while time.time() < deadline:  # until a seed not seen before is shown
+                found = re.search(r"seed (\d+)", chat.locator(".bot").last.inner_text())
+                if found and found.group(1) not in seeds:
+                    break
+                time.sleep(0.3)
+            assert found and found.group(1) not in seeds, (seeds, chat.locator(".bot").last.inner_html()[:3000])
+            seeds.append(found.group(1))
+            _wait_idle(page)
+        page.screenshot(path=str(artifacts_dir / "chat_seed.png"), full_page=True)
+        assert len(set(seeds)) == 3, seeds
     logs = capfd.readouterr()
     assert "Traceback" not in logs.out + logs.err, (logs.out + logs.err)[-3000:]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from vitdemo.chat.conversation import GenerationSettings
-from vitdemo.chat.session import NO_IMAGE_HINT, ChatSession
+from vitdemo.chat.session import EMPTY_ANSWER_NOTE, NO_IMAGE_HINT, ChatSession
 from vitdemo.core.engine import Engine
 from vitdemo.errors import InputError
 
@@ -74,3 +74,16 @@ def test_regenerate_samples_anew_and_shows_the_seed(engine: Engine, red_png: str
     greedy.add_user_message("Describe it.", [red_png])
     list(greedy.stream_reply(engine, GEN))
     assert greedy.turns[-1].seed is None and "seed" not in greedy.chatbot_messages()[-1]["content"]
+
+
+def test_an_answer_that_ends_before_its_first_word_still_shows_a_reply_and_its_seed(
+        engine: Engine, red_png: str, monkeypatch) -> None:
+    from vitdemo.chat import session as session_module
+
+    monkeypatch.setattr(session_module.conversation, "stream_answer", lambda *args, **kwargs: iter(()))
+    s = ChatSession()
+    s.add_user_message("Describe it.", [red_png])
+    list(s.stream_reply(engine, GenerationSettings(max_new_tokens=12, temperature=1.0, seed=5)))
+    assert s.turns[-1].answer == "" and s.turns[-1].note == EMPTY_ANSWER_NOTE
+    shown = s.chatbot_messages()[-1]
+    assert shown["role"] == "assistant" and "before its first word" in shown["content"] and "seed 5" in shown["content"]

@@ -36,6 +36,10 @@ class Turn:
     seed: int | None = None  # the sampling seed of the answer (None: greedy), shown to reproduce it
 
 
+# An answer that ends before its first word (a sampled end-of-answer token, say) would show no
+# reply at all, and so no seed to reproduce it: say what happened instead.
+EMPTY_ANSWER_NOTE = ("The model ended its answer before its first word. Press Regenerate (with a temperature "
+                     "above 0 it draws a new sample) or ask in other words.")
 # The model answers a question without an image anyway (it guesses): say so beside the answer.
 NO_IMAGE_HINT = ("There is no image in this conversation, so this answer is a guess: "
                  "upload an image (drop it on the message box) for the model to look at.")
@@ -141,8 +145,12 @@ class ChatSession:
             raise
         finally:
             turn.answer = turn.answer.strip()
+        notes = []
+        if not turn.answer and not self.stop_event.is_set():
+            notes.append(EMPTY_ANSWER_NOTE)  # else the page shows no reply at all, and no seed
         if not images:
-            turn.note = NO_IMAGE_HINT
+            notes.append(NO_IMAGE_HINT)
+        turn.note = " ".join(notes) or None
         if self.stop_event.is_set():
             logger.info("generation stopped by the user after %d characters", len(turn.answer))
 
@@ -160,8 +168,8 @@ class ChatSession:
             shown = turn.answer
             if turn.error:
                 shown = (shown + "\n\n" if shown else "") + f"⚠️ {turn.error}"
-            if turn.note and shown:
-                shown += f"\n\nℹ️ {turn.note}"
+            if turn.note:
+                shown = (shown + "\n\n" if shown else "") + f"ℹ️ {turn.note}"
             if turn.seed is not None and shown:
                 shown += f"\n\n_seed {turn.seed}: enter it under Generation settings to get this answer again_"
             if shown or turn is not self.turns[-1]:
