@@ -3,7 +3,8 @@ each its own storage): the loss curve is a line on numeric axes while training a
 earlier job; each user sees only their own jobs until one is shared; every page sees a
 running job without reloading; Start is off for data with a bad record until "drop bad
 records" is ticked; a text file renamed .png gets a warning; a job that holds nothing out
-says why there is no table; the merged model is a download. Screenshots in tests/artifacts/."""
+says why there is no table; the merged model is a download; a finished job's table shows the
+base answers it kept and warns when it forgot. Screenshots in tests/artifacts/."""
 
 from __future__ import annotations
 
@@ -258,3 +259,38 @@ def test_bad_record_small_job_try_merge_and_share(app, browser, artifacts_dir: P
     bob.screenshot(path=str(artifacts_dir / "ft_page_7_shared_in_learn.png"), full_page=True)
     alice_ctx.close()
     bob_ctx.close()
+
+
+def test_a_finished_job_shows_what_the_model_kept_and_warns_when_it_forgot(app, browser, artifacts_dir: Path,
+                                                                           tmp_path: Path) -> None:
+    """The forgetting report in the before/after table, with the guard off: the row of base
+    answers kept, what it measured, and the warning with what to do when under 90%."""
+    from playwright.sync_api import expect
+
+    from ft_helpers import write_color_dataset, zip_folder
+
+    url, settings = app
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1700})
+    page = _finetune_page(ctx, url)
+    upload = zip_folder(write_color_dataset(tmp_path / "colours", n=30), tmp_path / "colours.zip")
+    _check(page, upload, "Ready to train.")
+    page.get_by_text("Keep what the model knew (retention guard)").click()
+    weight = page.locator("#ft-guard input[type=number]")
+    weight.fill("0")
+    weight.press("Tab")
+    expect(page.locator("#ft-busy")).not_to_contain_text("training", timeout=120_000)  # earlier tests' jobs ended
+    page.locator("#ft-start").click()
+    page.get_by_text("Done:").first.wait_for(timeout=300_000)
+    results = page.locator("#ft-results")
+    expect(results).to_contain_text("base answers kept", timeout=45_000)
+    expect(results).to_contain_text("Retention guard: off")
+    text = results.inner_text()
+    kept = int(re.search(r"base answers kept \((\d+) probe questions on held-out images\)\s+100%\s+(\d+)%", text)
+               .group(2))
+    if kept < 90:
+        assert "forgot part of what it knew" in text and "turn the retention guard on" in text, text
+    else:
+        assert "forgot" not in text, text
+    results.scroll_into_view_if_needed()
+    page.screenshot(path=str(artifacts_dir / "ft_page_7_forgetting_report.png"), full_page=True)
+    ctx.close()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from vitdemo.finetune.config import FinetuneConfig
+
 RETENTION_WARN = 0.90  # below this share of kept answers the tuned model has forgotten too much to ship
 
 
@@ -19,7 +21,7 @@ def retention_warning(report: dict[str, Any] | None) -> str:
     worst = sorted((report.get("per_form") or {}).items(), key=lambda kv: kv[1])[:2]
     worst_txt = ", ".join(f"{form!r} {100 * v:.0f}%" for form, v in worst)
     if report.get("guard") == "off":
-        fix = "turn the retention guard on (retention weight 1)"
+        fix = f"turn the retention guard on (retention weight {FinetuneConfig().retention_weight:g}, the default)"
     else:
         fix = (f"raise the retention weight (now {report.get('weight'):g}, at most 10), add probe questions "
                f"the model must keep answering, or train fewer epochs")
