@@ -9,7 +9,11 @@ plain colour question ("What color is the circle?", the same form that chinese_c
 varies), the forgetting report's agreement on held-out probes, and seconds (training
 steps; probe building apart).
 
-    .venv/bin/python bench/retention_guard.py [--only chinese_colors] [--guards off,replay,kl] [--json]
+    .venv/bin/python bench/retention_guard.py [--only chinese_colors] [--guards off,replay,kl] [--seeds 0,1,2,3] [--json]
+
+`--seeds`: several runs per dataset and guard, each with its own seed (the held-out split,
+the LoRA's start and the order of batches); then the mean of each figure. With 40 held-out
+pairs one split moves the new skill's score by 5-10 points, so a target is judged on the mean.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ def main() -> int:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a FinetuneConfig default for every run")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seeds", default="", help="comma-separated FinetuneConfig seeds (default: the config's)")
     parser.add_argument("--errors", action="store_true", help="also print the new skill's wrong held-out answers")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -60,6 +65,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     overrides = {k: json.loads(v) for k, _, v in (s.partition("=") for s in args.set)}
     guards = args.guards.split(",")
+    seeds = [int(x) for x in args.seeds.split(",") if x.strip()] or [None]
     original = held_out_items(args.original)
 
     def original_skills(model, processor) -> dict[str, float]:
@@ -72,11 +78,12 @@ def main() -> int:
     for name in args.only or sorted(SKILL_QUESTION):
         zip_path = ROOT / "assets" / "datasets" / f"{name}.zip"
         base_scores = None
-        for guard in guards:
+        for seed, guard in [(seed, guard) for seed in seeds for guard in guards]:
             lm = load_model(args.model, device="cpu", quant="none")  # a fresh base for every run
             with tempfile.TemporaryDirectory() as tmp:
                 records = skill_records(zip_path, Path(tmp) / "data")
-                cfg = FinetuneConfig.from_dict({**FinetuneConfig().to_dict(), **overrides, **GUARDS[guard]})
+                cfg = FinetuneConfig.from_dict({**FinetuneConfig().to_dict(), **overrides, **GUARDS[guard],
+                                                **({} if seed is None else {"seed": seed})})
                 train, held = split_records(records, cfg.eval_fraction, cfg.seed)
                 if base_scores is None:
                     base_scores = original_skills(lm.model, lm.processor)
@@ -89,7 +96,7 @@ def main() -> int:
                 after = trainer.evaluate()
                 report = trainer.retention_report()
                 scores = original_skills(trainer.unwrapped(), lm.processor)
-            row = {"dataset": name, "guard": guard, "n_train": len(train), "held_out": len(held),
+            row = {"dataset": name, "guard": guard, "seed": cfg.seed, "n_train": len(train), "held_out": len(held),
                    "steps": trainer.state.step, "train_seconds": round(seconds, 1),
                    "probe_seconds": round(trainer.probe_seconds, 1),
                    "skill_before": round(before.exact_match, 3), "skill_after": round(after.exact_match, 3),
@@ -103,14 +110,31 @@ def main() -> int:
                     if not exact_match(answer, item.reference):
                         print(f"  wrong: {item.question!r} -> {answer!r} (reference {item.reference!r})", flush=True)
             if not args.json:
-                print(f"{name:<15} {guard:<6} skill {row['skill_before']:.1%} -> {row['skill_after']:.1%} "
+                print(f"{name:<15} {guard:<6} seed {cfg.seed} skill {row['skill_before']:.1%} -> {row['skill_after']:.1%} "
                       f"({row['held_out']}); original {row['original_before']:.1%} -> {row['original_after']:.1%} "
                       f"(kept {row['original_kept']:.0%}); plain colour {row['color_before']:.1%} -> "
                       f"{row['color_after']:.1%}; agreement {row['agreement']:.1%} ({row['n_report']}); "
                       f"{row['steps']} steps {row['train_seconds']} s (+ probes {row['probe_seconds']} s)", flush=True)
+    means = summary(rows)
     if args.json:
-        print(json.dumps(rows, indent=1))
+        print(json.dumps({"runs": rows, "means": means}, indent=1))
+    else:
+        for m in means:
+            print(f"mean over {m['runs']} seeds: {m['dataset']:<15} {m['guard']:<6} skill {m['skill_after']:.1%}; "
+                  f"original kept {m['original_kept']:.1%}; agreement {m['agreement']:.1%}; "
+                  f"train {m['train_seconds']:.1f} s (+ probes {m['probe_seconds']:.1f} s)")
     return 0
+
+
+def summary(rows: list[dict]) -> list[dict]:
+    """Mean of each figure per dataset and guard, over the seeds run."""
+    keys = ("skill_after", "original_kept", "agreement", "train_seconds", "probe_seconds")
+    out = []
+    for dataset, guard in dict.fromkeys((r["dataset"], r["guard"]) for r in rows):
+        mine = [r for r in rows if r["dataset"] == dataset and r["guard"] == guard]
+        out.append({"dataset": dataset, "guard": guard, "runs": len(mine),
+                    **{k: round(sum(r[k] for r in mine) / len(mine), 4) for k in keys}})
+    return out
 
 
 if __name__ == "__main__":
