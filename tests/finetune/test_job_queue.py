@@ -35,10 +35,10 @@ def test_queued_jobs_start_in_turn_and_a_cancelled_one_never(tmp_path: Path, tin
     svc._start_or_queue(SETTINGS(home), dropped)
     assert second.read()["status"] == dropped.read()["status"] == "queued"
     assert job_queue.position(home, second.id) == 1 and job_queue.position(home, dropped.id) == 2
-    svc.stop(SETTINGS(home), dropped.id, owner=TEACHER)  # Stop on a queued job takes it out
-    assert dropped.read()["status"] == "cancelled" and job_queue.position(home, dropped.id) is None
-    with pytest.raises(InputError, match="not waiting in the queue"):
-        job_queue.cancel(dropped)
+    taken = svc.stop(SETTINGS(home), dropped.id, owner=TEACHER)  # Stop on a queued job takes it out
+    assert taken["taken_out_of_queue"] and dropped.read()["status"] == "cancelled"
+    assert job_queue.position(home, dropped.id) is None
+    assert job_queue.cancel(dropped) is False  # not queued any more
 
     wait_for(lambda: second.refresh()["status"] == "completed", 300, "the queued job to run and finish")
     assert first.refresh()["status"] == "completed"
@@ -51,12 +51,25 @@ def test_queued_jobs_start_in_turn_and_a_cancelled_one_never(tmp_path: Path, tin
 def test_start_next_skips_cancelled_and_reports_a_job_that_cannot_start(tmp_path: Path) -> None:
     from vitdemo.finetune.jobs import new_job
 
+    cancelled = new_job(tmp_path, model="m", config={})
+    job_queue.enqueue(cancelled)
+    assert job_queue.cancel(cancelled) and cancelled.read()["status"] == "cancelled"
     broken = new_job(tmp_path, model="m", config={})  # no checked records: it cannot start
     job_queue.enqueue(broken)
     assert job_queue.start_next(tmp_path) is None
     data = broken.read()
     assert data["status"] == "failed" and "could not start from the queue" in data["error"]
     assert "check the data first" in data["error"]
+    assert cancelled.read()["status"] == "cancelled"  # never started
+
+
+def test_a_queued_resume_taken_out_of_the_queue_can_resume_again(tmp_path: Path) -> None:
+    from vitdemo.finetune.jobs import new_job
+
+    job = new_job(tmp_path, model="m", config={})
+    job.update(status="stopped")
+    job_queue.enqueue(job, resume=True)
+    assert job_queue.cancel(job) and job.read()["status"] == "stopped"
 
 
 def test_resume_without_a_checkpoint_is_refused_before_queueing(tmp_path: Path) -> None:

@@ -34,8 +34,11 @@ def _finetune(out: Path, batch_size: int, processes: int) -> dict:
     args = ["-m", "vitdemo", "finetune", "--data", str(DATA), "--out", str(out), "--max-steps", str(STEPS),
             "--batch-size", str(batch_size), "--json"]
     if processes > 1:  # accelerate's multi-process launcher; without a GPU each process trains on the CPU
+        from webapp import free_port  # not accelerate's fixed 29500: another run may hold it
+
         args = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"] + args
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--main_process_port", str(free_port())] + args
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "VITDEMO_TRAIN_THREADS": "1", "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -255,8 +255,8 @@ _TEMPLATES: dict[str, tuple[str, ...]] = {
 FORMS: tuple[str, ...] = tuple(_TEMPLATES)
 # Questions about something the scene does not have ("What color is the circle?" with no
 # circle): answered "no circle", never a guessed colour. Not one of FORMS, so the stages
-# that draw every form (and their random streams) are as before; the backgrounds stage asks
-# them by weight.
+# that draw every form (and their random streams) are as before; eval-classroom scores them,
+# and a stage asks them when its form weights name "absent" (none in the shipped recipe).
 ABSENT = "absent"
 
 

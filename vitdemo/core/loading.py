@@ -230,7 +230,11 @@ def load_model(
     qconf = quantization_config(q, torch_dtype)
     if qconf is not None:
         kwargs["quantization_config"] = qconf
-    if dev == "cuda":
+    if dev == "cuda" and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        # data-parallel fine-tuning (accelerate launch): each process holds the whole model on its
+        # own GPU; accelerate refuses a model spread with device_map="auto" in that mode
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0") or 0)}
+    elif dev == "cuda":
         kwargs["device_map"] = "auto"  # accelerate: one GPU, or spread over several
     elif qconf is not None:
         kwargs["device_map"] = {"": "cpu"}

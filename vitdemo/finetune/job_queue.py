@@ -3,7 +3,8 @@
 A job started while another runs is marked `queued` in its job.json (with the time and
 whether it resumes), so the queue survives a restart of the server. A worker thread in the
 server starts the oldest queued job as soon as no job holds the lock; a queued job can be
-taken out again before it starts (`cancel`).
+taken out again before it starts (`cancel`). Starting and cancelling a queued job hold one
+lock per home, so the two never cross.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import threading
 import time
 from pathlib import Path
 
-from vitdemo.errors import BusyError, InputError, VitdemoError
+from vitdemo.errors import BusyError, VitdemoError
 from vitdemo.finetune.jobs import QUEUED, Job, list_jobs, open_job, running_job, start_job
 
 logger = logging.getLogger(__name__)
@@ -22,16 +23,40 @@ CANCELLED = "cancelled"  # taken out of the queue before it started
 POLL_S = 1.0  # how often the worker looks for a free slot (a job start takes longer than this)
 
 
+_locks: dict[Path, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def _queue_lock(home: str | Path) -> threading.Lock:
+    """One lock per home around every change of a queued job's status: the worker's start and
+    a user's Stop must not both act on the same queued job (a cancelled job must never start)."""
+    key = Path(home).expanduser().resolve()
+    with _locks_guard:
+        return _locks.setdefault(key, threading.Lock())
+
+
+def _home_of(job: Job) -> Path:
+    return job.dir.parent.parent  # <home>/jobs/<id>
+
+
 def enqueue(job: Job, *, resume: bool = False) -> None:
-    job.update(status=QUEUED, queued_at=time.time(), queued_resume=resume, error=None)
+    with _queue_lock(_home_of(job)):
+        before = job.read().get("status")
+        job.update(status=QUEUED, queued_at=time.time(), queued_resume=resume, queued_from=before, error=None)
     logger.info("job %s queued%s", job.id, " (resume)" if resume else "")
 
 
-def cancel(job: Job) -> None:
-    """Take a job out of the queue before it starts."""
-    if job.read().get("status") != QUEUED:
-        raise InputError(f"job {job.id} is not waiting in the queue")
-    job.update(status=CANCELLED)
+def cancel(job: Job) -> bool:
+    """Take a job out of the queue before it starts; False if it is not queued (any more).
+
+    A job queued to resume goes back to what it was (stopped or failed, its checkpoint
+    resumable again); a new job becomes `cancelled`."""
+    with _queue_lock(_home_of(job)):
+        data = job.read()
+        if data.get("status") != QUEUED:
+            return False
+        job.update(status=data.get("queued_from") if data.get("queued_resume") else CANCELLED)
+        return True
 
 
 def queued_ids(home: str | Path) -> list[str]:
@@ -52,16 +77,17 @@ def start_next(home: str | Path) -> str | None:
         return None
     for job_id in queued_ids(home):
         job = open_job(home, job_id)
-        data = job.read()
-        if data.get("status") != QUEUED:
-            continue  # cancelled meanwhile
-        try:
-            start_job(home, job, resume=bool(data.get("queued_resume")))
-        except BusyError:
-            return None  # another start won the lock: it stays queued
-        except VitdemoError as err:  # e.g. its records are gone: the next one in line gets the slot
-            job.update(status="failed", error=f"could not start from the queue: {err}")
-            continue
+        with _queue_lock(home):
+            data = job.read()
+            if data.get("status") != QUEUED:
+                continue  # cancelled meanwhile
+            try:
+                start_job(home, job, resume=bool(data.get("queued_resume")))
+            except BusyError:
+                return None  # another start won the lock: it stays queued
+            except VitdemoError as err:  # e.g. its records are gone: the next one in line gets the slot
+                job.update(status="failed", error=f"could not start from the queue: {err}")
+                continue
         logger.info("job %s started from the queue", job_id)
         return job_id
     return None

@@ -28,6 +28,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,8 @@ def jobs_root(home: str | os.PathLike) -> Path:
 
 
 def _atomic_write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # one temp file per process and thread: the server's queue thread and its request threads write too
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False))
     os.replace(tmp, path)
 
@@ -320,20 +322,22 @@ def start_job(home: str | os.PathLike, job: Job, *, resume: bool = False,
         cmd = [python or sys.executable, "-m", "vitdemo", "finetune", "--job-dir", str(job.dir)]
         if resume:
             cmd.append("--resume")
-        job.update(status="running", error=None, resumed=resume)
         env = dict(os.environ, VITDEMO_HOME=str(Path(home).expanduser()), PYTHONUNBUFFERED="1")
         env.setdefault("VITDEMO_RUNNER_NICE", "5")  # the server's chat keeps priority over training
-        with job.log_path.open("ab") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    cwd=str(REPO_ROOT), env=env,
-                                    start_new_session=True)
+        try:
+            with job.log_path.open("ab") as log:
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        cwd=str(REPO_ROOT), env=env,
+                                        start_new_session=True)
+        except OSError as err:
+            raise VitdemoError(f"the training process could not be started: {err}") from None
         _children[proc.pid] = proc
-        job.update(pid=proc.pid)
+        # Status and pid in one write: a page reading the job between two writes would take a
+        # running job without a pid for one whose process died.
+        job.update(status="running", error=None, resumed=resume, pid=proc.pid)
         lock.update(job.id, proc.pid)
     except BaseException:
         lock.release(job.id)
-        if job.job_json.exists() and job.read().get("status") == "running" and not job.read().get("pid"):
-            job.update(status="failed", error="the training process could not be started")
         raise
     logger.info("started job %s (pid %d%s)", job.id, proc.pid, ", resuming" if resume else "")
     return proc

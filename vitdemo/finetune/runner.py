@@ -152,7 +152,7 @@ def run_job(job_dir: str | os.PathLike, *, resume: bool = False, stop: StopFlag 
             write.text(before_path, json.dumps(before_full, ensure_ascii=False))
         before = {k: before_full[k] for k in ("loss", "exact_match", "n")}
         write.event({"event": "eval", "time": time.time(), "phase": "before", **before})
-        if stop():
+        if trainer.any_process(stop()):  # data-parallel: all stop here, or none (each would wait for the others)
             status = "stopped"
         else:
             status = trainer.train(resume=resume)

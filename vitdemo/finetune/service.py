@@ -206,10 +206,9 @@ def resume(settings: Settings, job_id: str, owner: Owner) -> Job:
 def stop(settings: Settings, job_id: str, owner: Owner) -> dict[str, Any]:
     """Stop a running job (it checkpoints first) or take a queued one out of the queue."""
     job = _open(settings, job_id, owner, change=True)
-    if job.read().get("status") == job_queue.QUEUED:
-        job_queue.cancel(job)
-        return job.read()
-    return stop_job(job, wait_s=0)
+    if job_queue.cancel(job):
+        return {**job.read(), "taken_out_of_queue": True}
+    return stop_job(job, wait_s=0)  # running (or started from the queue a moment ago)
 
 
 def share(settings: Settings, job_id: str, owner: Owner, shared: bool = True) -> None:

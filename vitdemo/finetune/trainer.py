@@ -418,7 +418,7 @@ class Trainer:
         status = "completed"
         while self.state.step < total:
             stop = self.should_stop() or bool(self.cfg.time_limit_s and time.perf_counter() - run_start > self.cfg.time_limit_s)
-            if self._anyone(stop):
+            if self.any_process(stop):
                 status = "stopped"
                 break
             t0 = time.perf_counter()
@@ -491,7 +491,7 @@ class Trainer:
 
         return {"processes": self.acc.num_processes, "backend": dist.get_backend()}
 
-    def _anyone(self, flag: bool) -> bool:
+    def any_process(self, flag: bool) -> bool:
         """True if any process says so: data-parallel processes stop at the same step or none
         would reach the next gradient exchange (alone: the flag itself)."""
         if self.acc.num_processes == 1:

@@ -285,10 +285,13 @@ def create_finetune_tab(engine: Engine, settings: Settings, adapter_state: gr.St
         owner = who(token, request)
         if jid:
             try:
-                svc.stop(settings, jid, owner)
+                data = svc.stop(settings, jid, owner)
             except VitdemoError as err:
                 _error(err)
-            gr.Info("stopping after the current step; the checkpoint is kept")
+            if data.get("taken_out_of_queue"):
+                gr.Info("taken out of the queue before it started")
+            elif data.get("status") in ("stopping", "stopped"):
+                gr.Info("stopping after the current step; the checkpoint is kept")
 
     def on_resume(jid: str | None, token: Any, request: gr.Request) -> tuple:
         owner = who(token, request)
