@@ -87,10 +87,17 @@ def test_chat_refusals_hints_and_seeds(chat_url: str, tiny_llava_dir: Path, tmp_
         page.screenshot(path=str(artifacts_dir / "chat_no_image_hint.png"), full_page=True)
 
         # Sampling: each Regenerate is a new sample with its seed shown.
+        from playwright.sync_api import expect
+
         page.get_by_text("Generation settings").click()
         temperature = page.get_by_label("number input for Temperature (0 = greedy, repeatable)")
-        temperature.fill("2")
-        temperature.press("Tab")
+        for _ in range(5):  # a value typed while the opening accordion wires its box is lost: then
+            temperature.fill("2")  # the answers stay greedy and show no seed (the earlier misses)
+            temperature.press("Enter")
+            page.wait_for_timeout(500)
+            if temperature.input_value() == "2":
+                break
+        expect(temperature).to_have_value("2")
         seeds: list[str] = []
         for _ in range(3):
             page.locator("#vitdemo-regenerate").click()
