@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from vitdemo.errors import BusyError, VitdemoError
-from vitdemo.finetune.jobs import QUEUED, Job, list_jobs, open_job, running_job, start_job
+from vitdemo.finetune.jobs import QUEUED, Job, jobs_root, open_job, running_job, start_job
 
 logger = logging.getLogger(__name__)
 
@@ -60,9 +60,20 @@ def cancel(job: Job) -> bool:
 
 
 def queued_ids(home: str | Path) -> list[str]:
-    """Ids of the queued jobs, first in line first."""
-    waiting = [j for j in list_jobs(home) if j.get("status") == QUEUED]
-    return [j["id"] for j in sorted(waiting, key=lambda j: float(j.get("queued_at") or 0))]
+    """Ids of the queued jobs, first in line first.
+
+    Every page asks this on each tick, so it only reads job.json files: a queued job has no
+    process whose liveness `list_jobs` would have to check (and write back)."""
+    root = jobs_root(home)
+    waiting: list[tuple[float, str]] = []
+    for folder in root.iterdir() if root.is_dir() else ():
+        try:
+            data = Job(folder).read() if folder.is_dir() and not folder.name.startswith(".") else {}
+        except (VitdemoError, ValueError, OSError):
+            continue  # a folder being made or removed
+        if data.get("status") == QUEUED:
+            waiting.append((float(data.get("queued_at") or 0), folder.name))
+    return [job_id for _, job_id in sorted(waiting)]
 
 
 def position(home: str | Path, job_id: str) -> int | None:
