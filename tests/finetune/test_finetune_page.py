@@ -70,8 +70,8 @@ def _finetune_page(context, url: str):
 
 
 def _check(page, upload: Path, expect_text: str) -> None:
-    upload_file(page, "ft-files", upload)
-    for attempt in range(3):  # a click that reached the server before the upload checks nothing: again
+    for attempt in range(3):  # a check that gave no report is tried again, with the file uploaded again
+        upload_file(page, "ft-files", upload)
         page.locator("#ft-check").click()
         try:
             page.locator("#ft-report").get_by_text(expect_text).wait_for(timeout=40_000 if attempt < 2 else 90_000)
