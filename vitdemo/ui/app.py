@@ -35,6 +35,7 @@ from vitdemo.ui.learn import create_learn_tab  # noqa: E402
 from vitdemo.serving.join import join_url  # noqa: E402
 from vitdemo.ui.join import create_join_panel  # noqa: E402
 from vitdemo.ui.queue_limit import configure_queue  # noqa: E402
+from vitdemo.ui.session_cost import cache_init_signatures  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ def build_ui(settings: Settings | None = None, engine: Engine | None = None, *,
         if not ready:
             demo.load(lambda: _header(engine), None, header, queue=False, show_progress="hidden")
     api.restrict_api(demo)  # only the documented endpoints are on the API page
+    cache_init_signatures(demo)  # halves the cost of each new session's first event
     demo.vitdemo_answer_times = configure_queue(demo, settings)  # type: ignore[attr-defined]
     demo.vitdemo_engine = engine  # type: ignore[attr-defined]  # for tests and tabs
     return demo
