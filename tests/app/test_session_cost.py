@@ -8,34 +8,29 @@ from gradio.state_holder import SessionState
 from vitdemo.ui.session_cost import cache_init_signatures
 
 
-class _Labelled(gr.Textbox):
-    """A component class no other test has seen, so its signature is not cached yet."""
-
-    def __init__(self, value: str = "", *, hint: str = "a hint", **kwargs) -> None:
-        self.hint = hint
-        super().__init__(value=value, **kwargs)
-
-
 def _page() -> gr.Blocks:
+    """A page with a component the app does not use (so no earlier test cached its signature)."""
     with gr.Blocks() as demo:
-        box = _Labelled("hello", hint="shown", label="question")
+        colour = gr.ColorPicker("#ff0000", label="colour", info="pick one")
         out = gr.Textbox(label="answer")
-        gr.Button("Ask").click(lambda x: x, box, out)
+        gr.Button("Ask").click(lambda x: x, colour, out)
     return demo
 
 
 def test_the_session_config_is_the_same_with_cached_signatures() -> None:
     demo = _page()
-    init = _Labelled.__dict__["__init__"]
-    assert not hasattr(init, "__signature__")
-    before = SessionState(demo).config_values
+    init = gr.ColorPicker.__dict__["__init__"]
+    earlier = init.__dict__.pop("__signature__", None)  # as Gradio meets it: nothing cached
     try:
+        before = SessionState(demo).config_values
         assert cache_init_signatures(demo) >= 1
-        assert "hint" in init.__signature__.parameters
+        assert "info" in init.__signature__.parameters
         assert cache_init_signatures(demo) == 0  # nothing twice
         after = SessionState(demo).config_values
         assert after == before
-        box_config = next(c for c in after.values() if c.get("type") == "_labelled")
-        assert box_config["props"]["hint"] == "shown"  # the subclass's own argument is still in its config
+        picker = next(c for c in after.values() if c.get("type") == "colorpicker")
+        assert picker["props"]["label"] == "colour" and picker["props"]["info"] == "pick one"
     finally:
-        del init.__signature__
+        init.__dict__.pop("__signature__", None)
+        if earlier is not None:
+            init.__signature__ = earlier

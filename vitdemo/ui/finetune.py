@@ -99,6 +99,8 @@ def _copy_to_cache(path: Any, name: str) -> str:
 
 
 def _error(err: VitdemoError) -> None:
+    # A user's mistake: a line in the log (no traceback), the message in the page.
+    logger.info("fine-tune refused: %s", err)
     raise gr.Error(str(err), print_exception=False)
 
 
