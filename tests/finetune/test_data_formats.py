@@ -293,6 +293,31 @@ def test_ingest_upload_zip_plus_annotation(tmp_path: Path) -> None:
         ingest_upload([], tmp_path / "job2")
 
 
+def test_the_same_upload_twice_counts_once_and_two_zips_that_clash_say_what_to_do(tmp_path: Path) -> None:
+    """The page's file box keeps every drop: the same zip dropped twice is one dataset; two
+    different zips with the same annotation file name get a message a person can act on."""
+    src = tmp_path / "src"
+    _images(src)
+    write_simple_jsonl(src)
+    first = tmp_path / "a" / "colours.zip"
+    first.parent.mkdir()
+    with zipfile.ZipFile(first, "w") as zf:
+        for p in sorted(src.rglob("*")):
+            if p.is_file():
+                zf.write(p, p.relative_to(src).as_posix())
+    again = tmp_path / "b" / "colours.zip"  # a second drop: another temporary copy, same bytes
+    again.parent.mkdir()
+    again.write_bytes(first.read_bytes())
+    report = load_dataset(ingest_upload([first, again], tmp_path / "job" / "data"))
+    assert report.ok and len(report.good) == 3
+
+    other = tmp_path / "other.zip"
+    with zipfile.ZipFile(other, "w") as zf:
+        zf.writestr(next(p.relative_to(src).as_posix() for p in src.rglob("*.jsonl")), "{}\n")
+    with pytest.raises(DatasetError, match=r"'other.zip' and another upload both hold .*upload one zip at a time"):
+        ingest_upload([first, other], tmp_path / "job2" / "data")
+
+
 def test_typed_pairs_problems(tmp_path: Path) -> None:
     _images(tmp_path)
     report = records_from_pairs([("img/red.png", "What color?", "red"), ("img/none.png", "q", "a"),

@@ -29,6 +29,14 @@ from vitdemo.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 
+
+class MemberClash(DatasetError):
+    """An archive member would land on a file that is already there (another upload's)."""
+
+    def __init__(self, member: str) -> None:
+        self.member = member
+        super().__init__(f"archive member {member!r} would overwrite an existing file")
+
 _LOCAL_HEADER = struct.Struct("<4s5H3I2H")  # 30 bytes: signature ... name length, extra length
 _LOCAL_SIGNATURE = b"PK\x03\x04"
 _CHUNK = 1 << 20
@@ -212,7 +220,7 @@ def extract_zip(archive: str | os.PathLike, dest: str | os.PathLike,
                 if parent.resolve() != root and root not in parent.resolve().parents:
                     raise DatasetError(f"archive member {info.filename!r} resolves outside the folder")
                 if target.exists() or target.is_symlink():
-                    raise DatasetError(f"archive member {info.filename!r} would overwrite an existing file")
+                    raise MemberClash(info.filename)
                 _extract_one(zf, info, target, limits, budget)
                 written.append(target)
     except zipfile.BadZipFile as exc:

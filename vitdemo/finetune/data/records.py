@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from vitdemo.finetune.data.archive import ArchiveLimits, extract_zip
+from vitdemo.finetune.data.archive import ArchiveLimits, MemberClash, extract_zip
 from vitdemo.finetune.data.formats import (
     IMAGE_PLACEHOLDER,
     ParseLimits,
@@ -142,18 +143,30 @@ def ingest_upload(files: Sequence[str | os.PathLike], data_dir: str | os.PathLik
     """Copy uploads into `data_dir` (zips are extracted there safely); return data_dir.
 
     A zip and an annotation file may come together (the file then refers to images in the
-    zip). Nothing is written outside `data_dir`.
+    zip). The same file uploaded twice (a second drop of it into the box) counts once.
+    Nothing is written outside `data_dir`.
     """
     dest = Path(data_dir)
     dest.mkdir(parents=True, exist_ok=True)
     if not files:
         raise DatasetError("no file uploaded: upload a zip (images + annotation file) or an annotation file")
+    seen: set[str] = set()
     for f in files:
         src = Path(f)
         if not src.is_file():
             raise DatasetError(f"uploaded file {src.name!r} is missing")
+        digest = _file_digest(src)
+        if digest in seen:
+            logger.info("skipped a second copy of the upload %s", src.name)
+            continue
+        seen.add(digest)
         if src.suffix.lower() == ".zip":
-            extract_zip(src, dest, limits.archive)
+            try:
+                extract_zip(src, dest, limits.archive)
+            except MemberClash as clash:
+                raise DatasetError(
+                    f"{src.name!r} and another upload both hold {clash.member!r}: upload one zip at a time "
+                    "(remove the others from the box) or put everything in one zip") from None
             continue
         name = Path(src.name).name  # never a path from the client
         if not name or name.startswith("."):
@@ -166,6 +179,14 @@ def ingest_upload(files: Sequence[str | os.PathLike], data_dir: str | os.PathLik
             raise DatasetError(f"two uploads are named {name!r}; rename one")
         shutil.copyfile(src, target)
     return dest
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def find_annotation_file(folder: str | os.PathLike) -> Path:
