@@ -1,6 +1,6 @@
 """`finetune` and `eval` subcommands.
 
-    python -m vitdemo finetune --data data.zip --out runs/ft1 [--epochs 3 --rank 16 --lr 2e-3 --model M] [--json]
+    python -m vitdemo finetune --data data.zip --out runs/ft1 [--epochs 3 --rank 16 --lr 3e-3 --model M] [--json]
     python -m vitdemo finetune --job-dir DIR [--resume]      # run (or resume) a prepared job folder
     python -m vitdemo eval --data data.zip [--adapter runs/ft1/adapter] [--json]
 

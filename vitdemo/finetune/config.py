@@ -55,7 +55,9 @@ class FinetuneConfig:
     max_steps: int = 0  # > 0: exactly this many optimizer steps (overrides epochs/min_steps)
     batch_size: int = 8  # examples per optimizer step (per process)
     grad_accum: int = 1  # micro-batches accumulated per step (effective batch = batch_size * this)
-    lr: float = 2e-3  # peak learning rate; LoRA tolerates far higher rates than full tuning
+    # peak learning rate; LoRA tolerates far higher rates than full tuning. 3e-3, not 2e-3: with
+    # the retention guard's probes in every batch the new skill learns slower (docs/finetune.md)
+    lr: float = 3e-3
     token_lr_scale: float = 10.0  # new-token rows learn this many times faster (they start far off)
     weight_decay: float = 0.0  # AdamW weight decay on the LoRA weights
     warmup_ratio: float = 0.1  # fraction of steps with a linear warm-up
