@@ -34,3 +34,51 @@ def test_the_session_config_is_the_same_with_cached_signatures() -> None:
         init.__dict__.pop("__signature__", None)
         if earlier is not None:
             init.__signature__ = earlier
+
+
+def test_new_sessions_take_states_built_ahead_and_stay_apart() -> None:
+    import time
+
+    from gradio_client import Client
+
+    from vitdemo.ui.session_cost import keep_sessions_ready
+    from webapp import free_port
+
+    with gr.Blocks() as demo:
+        count = gr.State(0)
+        box = gr.Textbox()
+        out = gr.Textbox()
+
+        def bump(text: str, n: int) -> tuple[str, int]:
+            return f"{text} {n + 1}", n + 1
+
+        gr.Button("Go").click(bump, [box, count], [out, count], api_name="go")
+    assert keep_sessions_ready(demo, 3) is None  # not launched yet: nothing to do
+    demo.queue().launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
+                        ssr_mode=False, quiet=True)
+    try:
+        pool = keep_sessions_ready(demo, 3, idle_s=0.2)
+        assert pool is not None
+        deadline = time.monotonic() + 30
+        while len(pool.ready) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        ahead = list(pool.ready)
+        assert len(ahead) == 3
+        expected = SessionState(demo).config_values
+
+        alice, bob = (Client(demo.local_url, verbose=False) for _ in range(2))
+        assert alice.predict("alice", api_name="/go") == "alice 1"
+        assert alice.predict("alice", api_name="/go") == "alice 2"  # her own state, kept
+        assert bob.predict("bob", api_name="/go") == "bob 1"  # not Alice's count
+        taken = [s for s in demo.state_holder.session_data.values() if any(s is a for a in ahead)]
+        assert len(taken) == 2  # both sessions started from states built ahead
+        assert taken[0] is not taken[1]
+        fresh = [s for s in taken if all(v is not s for v in pool.ready)]
+        assert len(fresh) == 2 and all(s.config_values.keys() == expected.keys() for s in taken)
+
+        deadline = time.monotonic() + 30  # refilled once sessions stop opening
+        while len(pool.ready) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(pool.ready) == 3 and pool.built == 5
+    finally:
+        demo.close()

@@ -35,7 +35,7 @@ from vitdemo.ui.learn import create_learn_tab  # noqa: E402
 from vitdemo.serving.join import join_url  # noqa: E402
 from vitdemo.ui.join import create_join_panel  # noqa: E402
 from vitdemo.ui.queue_limit import configure_queue  # noqa: E402
-from vitdemo.ui.session_cost import cache_init_signatures  # noqa: E402
+from vitdemo.ui.session_cost import cache_init_signatures, keep_sessions_ready  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -136,20 +136,21 @@ def launch(demo: gr.Blocks, settings: Settings, **overrides: Any) -> Any:
     if url and not kwargs.get("quiet"):
         print(f"Students join at: {url}", flush=True)  # the teacher reads it off the terminal
     engine = getattr(demo, "vitdemo_engine", None)
-    if engine is None or engine.is_loaded or kwargs.get("prevent_thread_lock"):
-        result = demo.launch(**kwargs)
-        if engine is not None:
-            engine.start_loading()
-        return result
-    # Serve at once, but a model that cannot load still ends the command with its error.
+    blocking = not kwargs.get("prevent_thread_lock")
+    # Serve at once, but a model that cannot load still ends a blocking start with its error.
+    wait_for_model = blocking and engine is not None and not engine.is_loaded
     result = demo.launch(**{**kwargs, "prevent_thread_lock": True})
-    engine.start_loading()
-    try:
-        engine.wait_loaded()
-    except VitdemoError:
-        demo.close()
-        raise
-    logger.info("model ready: %s", engine.describe())
-    warm_up(engine)  # before the first class asks, not during its first wave
-    demo.block_thread()
+    keep_sessions_ready(demo, settings.ready_sessions)
+    if engine is not None:
+        engine.start_loading()
+    if wait_for_model:
+        try:
+            engine.wait_loaded()
+        except VitdemoError:
+            demo.close()
+            raise
+        logger.info("model ready: %s", engine.describe())
+        warm_up(engine)  # before the first class asks, not during its first wave
+    if blocking:
+        demo.block_thread()
     return result

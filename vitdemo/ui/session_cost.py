@@ -9,13 +9,20 @@ moment queues behind it: measured with py-spy, ~5 s of the event loop for 60 fir
 `inspect.signature` returns a function's `__signature__` attribute when it has one (PEP 362),
 so computing each component class's signature once at start-up gives the same config for
 about half the cost. Nothing else in Gradio changes.
+
+Even so a new session costs a few ms of the event loop, so `keep_sessions_ready` also builds
+session states ahead, while no session is opening, and a new session takes one of those.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+import threading
+import time
 from typing import Any
+
+from gradio.state_holder import StateHolder
 
 logger = logging.getLogger(__name__)
 
@@ -36,3 +43,90 @@ def cache_init_signatures(demo: Any) -> int:
             attached += 1
     logger.debug("cached %d component __init__ signatures", attached)
     return attached
+
+
+class ReadySessions:
+    """Session states built ahead of time, while nobody is opening a session.
+
+    Even with the signatures cached, a new session's state costs a few ms of the event loop,
+    and a class of 30 opening sessions at the same moment (API clients send their first event
+    with their first question) queues behind 30 of them, longer when generation threads hold
+    the interpreter. Built ahead, between classes, a session takes a ready one instead.
+    """
+
+    def __init__(self, demo: Any, size: int, idle_s: float = 2.0) -> None:
+        import collections
+
+        self.demo, self.size, self.idle_s = demo, size, idle_s
+        self.ready: collections.deque = collections.deque()
+        self.last_take = 0.0
+        self.wanted = threading.Event()
+        self.wanted.set()
+        self.built = 0
+        self.thread = threading.Thread(target=self._fill, name="vitdemo-ready-sessions", daemon=True)
+        self.thread.start()
+
+    def take(self) -> Any | None:
+        """A ready session state, or None (the caller builds one as usual)."""
+        self.last_take = time.monotonic()
+        self.wanted.set()
+        try:
+            return self.ready.popleft()
+        except IndexError:
+            return None
+
+    def _fill(self) -> None:
+        from gradio.state_holder import SessionState
+
+        while True:
+            self.wanted.wait()
+            self.wanted.clear()
+            while len(self.ready) < self.size:
+                quiet_for = time.monotonic() - self.last_take
+                if quiet_for < self.idle_s:  # sessions are opening now: build after the burst
+                    time.sleep(self.idle_s - quiet_for)
+                    continue
+                if _queue_busy(self.demo):  # requests are running or waiting: not now
+                    time.sleep(0.2)
+                    continue
+                try:
+                    self.ready.append(SessionState(self.demo))
+                except Exception:  # noqa: BLE001 - sessions are then built on demand, as by Gradio
+                    logger.exception("could not build a session state ahead")
+                    return
+                self.built += 1
+
+
+def _queue_busy(demo: Any) -> bool:
+    """Is any event running or waiting in the app's queue? (Gradio's Queue, as in ui/queue_limit.py)"""
+    queue = getattr(demo, "_queue", None)
+    if queue is None:
+        return False
+    try:
+        return len(queue) > 0 or any(job is not None for job in queue.active_jobs)
+    except (AttributeError, TypeError):  # another Gradio: build whenever sessions are quiet
+        return False
+
+
+def keep_sessions_ready(demo: Any, size: int = 32, idle_s: float = 2.0) -> ReadySessions | None:
+    """After launch: new sessions take a state built ahead (up to `size` kept ready, built
+    once no session has opened for `idle_s`)."""
+    holder = getattr(demo, "state_holder", None)
+    # Before launch the server's own holder does not exist yet; a subclass is not the holder this was written for.
+    if size <= 0 or not getattr(demo, "is_running", False) or type(holder) is not StateHolder:
+        return None
+    pool = ReadySessions(demo, size, idle_s)
+    holder.__class__ = _ReadyStateHolder
+    holder.vitdemo_ready = pool  # type: ignore[attr-defined]
+    return pool
+
+
+class _ReadyStateHolder(StateHolder):
+    """Gradio's StateHolder whose new sessions start from a state built ahead (see ReadySessions)."""
+
+    def __getitem__(self, session_id: str) -> Any:
+        if session_id not in self.session_data:  # type: ignore[attr-defined]
+            state = self.vitdemo_ready.take()  # type: ignore[attr-defined]
+            if state is not None:
+                self.session_data[session_id] = state  # type: ignore[attr-defined]
+        return super().__getitem__(session_id)  # type: ignore[misc]
