@@ -242,16 +242,29 @@ def main() -> None:
         reqs = [Request(i, a, n) for i, (a, n) in enumerate(plan)]
         loop = ContinuousLoop(model)
         start = time.perf_counter()
-        worker = threading.Thread(target=loop.run, args=(len(reqs), start))
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                loop.run(len(reqs), start)
+            except BaseException as err:  # noqa: BLE001 - raised in the main thread below
+                failure.append(err)
+
+        worker = threading.Thread(target=run)
         worker.start()
         for r in reqs:  # arrivals: each request is processed by its caller, then handed over
             time.sleep(max(0.0, start + r.arrival_s - time.perf_counter()))
             r.inputs = dict(processor(text=[prompt], images=[imgs[r.index]], return_tensors="pt"))
             loop.inbox.put(r)
         worker.join()
+        if failure:
+            raise failure[0]
+        if any(r.done_s <= 0 for r in reqs):
+            raise RuntimeError("the continuous loop left requests unanswered")
         return reqs
 
     def figures(reqs: list[Request]) -> tuple[float, float, float]:
+        # p95 = the value at rank round(0.95 n), as bench/batching.py (the 15th of 16)
         waits = sorted(r.done_s - r.arrival_s for r in reqs)
         p95 = waits[max(0, int(round(0.95 * len(waits))) - 1)]
         return max(r.done_s for r in reqs), statistics.median(waits), p95

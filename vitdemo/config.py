@@ -90,8 +90,8 @@ class Settings:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise InputError(f"{name}={value!r} must be a positive integer")
-        if not isinstance(self.ready_sessions, int) or not 0 <= self.ready_sessions <= self.max_sessions:
-            raise InputError(f"ready_sessions={self.ready_sessions!r} must be 0 (off) up to max_sessions")
+        if not isinstance(self.ready_sessions, int) or self.ready_sessions < 0:
+            raise InputError(f"ready_sessions={self.ready_sessions!r} must be 0 (off) or more")
         if not isinstance(self.job_ttl_hours, int) or self.job_ttl_hours < 0:
             raise InputError(f"job_ttl_hours={self.job_ttl_hours!r} must be 0 (keep jobs forever) or more hours")
         if self.max_new_tokens > self.max_new_tokens_cap:

@@ -82,3 +82,5 @@ def test_new_sessions_take_states_built_ahead_and_stay_apart() -> None:
         assert len(pool.ready) == 3 and pool.built == 5
     finally:
         demo.close()
+    pool.thread.join(timeout=15)
+    assert not pool.thread.is_alive()  # a closed app's pool stops (and lets the app go)

@@ -311,6 +311,11 @@ def test_the_same_upload_twice_counts_once_and_two_zips_that_clash_say_what_to_d
     report = load_dataset(ingest_upload([first, again], tmp_path / "job" / "data"))
     assert report.ok and len(report.good) == 3
 
+    twin = tmp_path / "b" / "red-twin.png"  # the same bytes under another name is another file
+    twin.write_bytes(next((src / "img").iterdir()).read_bytes())
+    data = ingest_upload([first, again, twin], tmp_path / "job3" / "data")
+    assert (data / "red-twin.png").is_file()
+
     other = tmp_path / "other.zip"
     with zipfile.ZipFile(other, "w") as zf:
         zf.writestr(next(p.relative_to(src).as_posix() for p in src.rglob("*.jsonl")), "{}\n")

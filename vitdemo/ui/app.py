@@ -140,7 +140,6 @@ def launch(demo: gr.Blocks, settings: Settings, **overrides: Any) -> Any:
     # Serve at once, but a model that cannot load still ends a blocking start with its error.
     wait_for_model = blocking and engine is not None and not engine.is_loaded
     result = demo.launch(**{**kwargs, "prevent_thread_lock": True})
-    keep_sessions_ready(demo, settings.ready_sessions)
     if engine is not None:
         engine.start_loading()
     if wait_for_model:
@@ -151,6 +150,8 @@ def launch(demo: gr.Blocks, settings: Settings, **overrides: Any) -> Any:
             raise
         logger.info("model ready: %s", engine.describe())
         warm_up(engine)  # before the first class asks, not during its first wave
+    # after the model load and warm-up, which they would slow down; never more than are kept
+    keep_sessions_ready(demo, min(settings.ready_sessions, settings.max_sessions))
     if blocking:
         demo.block_thread()
     return result

@@ -56,8 +56,10 @@ class ReadySessions:
 
     def __init__(self, demo: Any, size: int, idle_s: float = 2.0) -> None:
         import collections
+        import weakref
 
-        self.demo, self.size, self.idle_s = demo, size, idle_s
+        self._demo = weakref.ref(demo)  # the thread must not keep a closed app (and its model) alive
+        self.size, self.idle_s = size, idle_s
         self.ready: collections.deque = collections.deque()
         self.last_take = 0.0
         self.wanted = threading.Event()
@@ -75,26 +77,44 @@ class ReadySessions:
         except IndexError:
             return None
 
-    def _fill(self) -> None:
-        from gradio.state_holder import SessionState
+    def _running_demo(self) -> Any | None:
+        demo = self._demo()
+        return demo if demo is not None and getattr(demo, "is_running", False) else None
 
+    def _fill(self) -> None:
         while True:
-            self.wanted.wait()
+            self.wanted.wait(timeout=5.0)  # wakes now and then to notice a closed app
+            if self._running_demo() is None:
+                return
+            if not self.wanted.is_set():
+                continue
             self.wanted.clear()
             while len(self.ready) < self.size:
+                if self._running_demo() is None:
+                    return
                 quiet_for = time.monotonic() - self.last_take
                 if quiet_for < self.idle_s:  # sessions are opening now: build after the burst
                     time.sleep(self.idle_s - quiet_for)
                     continue
-                if _queue_busy(self.demo):  # requests are running or waiting: not now
+                if _queue_busy(self._running_demo()):  # requests are running or waiting: not now
                     time.sleep(0.2)
                     continue
-                try:
-                    self.ready.append(SessionState(self.demo))
-                except Exception:  # noqa: BLE001 - sessions are then built on demand, as by Gradio
-                    logger.exception("could not build a session state ahead")
-                    return
-                self.built += 1
+                self._build_one()
+
+    def _build_one(self) -> None:
+        from gradio.state_holder import SessionState
+
+        demo = self._running_demo()
+        if demo is None:
+            return
+        try:
+            state = SessionState(demo)
+        except Exception:  # noqa: BLE001 - meanwhile sessions are built on demand, as by Gradio
+            logger.exception("could not build a session state ahead; trying again in 5 s")
+            time.sleep(5.0)
+            return
+        self.built += 1
+        self.ready.append(state)
 
 
 def _queue_busy(demo: Any) -> bool:
@@ -106,6 +126,8 @@ def _queue_busy(demo: Any) -> bool:
         return len(queue) > 0 or any(job is not None for job in queue.active_jobs)
     except (AttributeError, TypeError):  # another Gradio: build whenever sessions are quiet
         return False
+    except Exception:  # noqa: BLE001 - e.g. the event loop added a queue while we counted: ask again later
+        return True
 
 
 def keep_sessions_ready(demo: Any, size: int = 32, idle_s: float = 2.0) -> ReadySessions | None:

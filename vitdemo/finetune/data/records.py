@@ -143,23 +143,24 @@ def ingest_upload(files: Sequence[str | os.PathLike], data_dir: str | os.PathLik
     """Copy uploads into `data_dir` (zips are extracted there safely); return data_dir.
 
     A zip and an annotation file may come together (the file then refers to images in the
-    zip). The same file uploaded twice (a second drop of it into the box) counts once.
+    zip). The same file uploaded twice (a second drop of it into the box: same name, same
+    bytes) counts once.
     Nothing is written outside `data_dir`.
     """
     dest = Path(data_dir)
     dest.mkdir(parents=True, exist_ok=True)
     if not files:
         raise DatasetError("no file uploaded: upload a zip (images + annotation file) or an annotation file")
-    seen: set[str] = set()
+    seen: set[tuple[str, str]] = set()
     for f in files:
         src = Path(f)
         if not src.is_file():
             raise DatasetError(f"uploaded file {src.name!r} is missing")
-        digest = _file_digest(src)
-        if digest in seen:
+        key = (src.name, _file_digest(src))  # same name and bytes: two images alike by chance both stay
+        if key in seen:
             logger.info("skipped a second copy of the upload %s", src.name)
             continue
-        seen.add(digest)
+        seen.add(key)
         if src.suffix.lower() == ".zip":
             try:
                 extract_zip(src, dest, limits.archive)
