@@ -16,13 +16,15 @@ session states ahead, while no session is opening, and a new session takes one o
 
 from __future__ import annotations
 
+import collections
 import inspect
 import logging
 import threading
 import time
+import weakref
 from typing import Any
 
-from gradio.state_holder import StateHolder
+from gradio.state_holder import SessionState, StateHolder
 
 logger = logging.getLogger(__name__)
 
@@ -55,9 +57,6 @@ class ReadySessions:
     """
 
     def __init__(self, demo: Any, size: int, idle_s: float = 2.0) -> None:
-        import collections
-        import weakref
-
         self._demo = weakref.ref(demo)  # the thread must not keep a closed app (and its model) alive
         self.size, self.idle_s = size, idle_s
         self.ready: collections.deque = collections.deque()
@@ -102,8 +101,6 @@ class ReadySessions:
                 self._build_one()
 
     def _build_one(self) -> None:
-        from gradio.state_holder import SessionState
-
         demo = self._running_demo()
         if demo is None:
             return
@@ -130,7 +127,7 @@ def _queue_busy(demo: Any) -> bool:
         return True
 
 
-def keep_sessions_ready(demo: Any, size: int = 32, idle_s: float = 2.0) -> ReadySessions | None:
+def keep_sessions_ready(demo: Any, size: int, idle_s: float = 2.0) -> ReadySessions | None:
     """After launch: new sessions take a state built ahead (up to `size` kept ready, built
     once no session has opened for `idle_s`)."""
     holder = getattr(demo, "state_holder", None)

@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-import hashlib
+import filecmp
 import json
 import logging
 import os
@@ -151,16 +151,16 @@ def ingest_upload(files: Sequence[str | os.PathLike], data_dir: str | os.PathLik
     dest.mkdir(parents=True, exist_ok=True)
     if not files:
         raise DatasetError("no file uploaded: upload a zip (images + annotation file) or an annotation file")
-    seen: set[tuple[str, str]] = set()
+    earlier: dict[str, list[Path]] = {}  # uploads by file name, to spot a second drop of one file
     for f in files:
         src = Path(f)
         if not src.is_file():
             raise DatasetError(f"uploaded file {src.name!r} is missing")
-        key = (src.name, _file_digest(src))  # same name and bytes: two images alike by chance both stay
-        if key in seen:
+        # same name and bytes (compared only when a name repeats): two images alike by chance both stay
+        if any(filecmp.cmp(src, other, shallow=False) for other in earlier.get(src.name, [])):
             logger.info("skipped a second copy of the upload %s", src.name)
             continue
-        seen.add(key)
+        earlier.setdefault(src.name, []).append(src)
         if src.suffix.lower() == ".zip":
             try:
                 extract_zip(src, dest, limits.archive)
@@ -180,14 +180,6 @@ def ingest_upload(files: Sequence[str | os.PathLike], data_dir: str | os.PathLik
             raise DatasetError(f"two uploads are named {name!r}; rename one")
         shutil.copyfile(src, target)
     return dest
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def find_annotation_file(folder: str | os.PathLike) -> Path:
