@@ -104,6 +104,14 @@ def _error(err: VitdemoError) -> None:
     raise gr.Error(str(err), print_exception=False)
 
 
+def _unexpected(action: str, err: Exception) -> None:
+    # Not a user's mistake: the traceback goes to the log (so the cause can be found), and the
+    # page says what to do instead of a bare "Error".
+    logger.exception("fine-tune: %s failed unexpectedly", action)
+    raise gr.Error(f"{action} failed unexpectedly ({type(err).__name__}: {err}). Try again; if it keeps "
+                   "failing, the server log has the details.", print_exception=False)
+
+
 def create_finetune_tab(engine: Engine, settings: Settings, adapter_state: gr.State | None = None,
                         session: gr.BrowserState | None = None) -> dict[str, Any]:
     """`session`: the page's identity token (vitdemo.ui.identity); made here when the tab stands alone."""
@@ -206,6 +214,8 @@ def create_finetune_tab(engine: Engine, settings: Settings, adapter_state: gr.St
             return show_report(svc.check_upload(engine, settings, [str(p) for p in paths or []], owner, prev_id), drop)
         except VitdemoError as err:
             _error(err)
+        except Exception as err:  # noqa: BLE001 - logged with its traceback, the page gets a message
+            _unexpected("Checking the data", err)
 
     def on_check_pairs(images: list[str] | None, table: Any, previous: Any, drop: bool, token: Any,
                        request: gr.Request) -> tuple:
@@ -217,6 +227,8 @@ def create_finetune_tab(engine: Engine, settings: Settings, adapter_state: gr.St
                                                prev_id), drop)
         except VitdemoError as err:
             _error(err)
+        except Exception as err:  # noqa: BLE001 - logged with its traceback, the page gets a message
+            _unexpected("Checking the pairs", err)
 
     def on_drop(result: Any, drop: bool) -> Any:
         return gr.Button(interactive=svc.can_start(result, drop))
