@@ -48,12 +48,10 @@ def main() -> int:
     kinds = {
         "instruction": (BatchMaker(processor, np.random.default_rng(1)),
                         lambda m: m.instruction_batch(32, settings.max_turns, settings.form_weights)),
-        "polish": (BatchMaker(processor, np.random.default_rng(2)),
-                   lambda m: m.instruction_batch(32, settings.max_turns, settings.polish_form_weights,
-                                                 settings.polish_where_confusable, settings.polish_objects)),
         "backgrounds": (BatchMaker(processor, np.random.default_rng(3), varied_share=settings.backgrounds_varied_share),
                         lambda m: m.instruction_batch(32, settings.max_turns, settings.backgrounds_form_weights,
-                                                      settings.polish_where_confusable, settings.polish_objects)),
+                                                      settings.backgrounds_where_confusable,
+                                                      settings.backgrounds_objects)),
     }
     seconds: dict[str, list[float]] = {k: [] for k in kinds}
     for step in range(3 + args.steps):  # alternate, so a busier moment hits every kind alike
@@ -68,7 +66,6 @@ def main() -> int:
     per_step = {k: float(np.median(v)) for k, v in seconds.items()}
     speed = per_step["instruction"] / RECORDED_STAGE4_STEP_S  # this machine against the recorded build
     estimate = {name: s * speed for name, s in RECORDED.items()}
-    estimate["polish"] = per_step["polish"] * (settings.polish.steps if settings.polish else 0)
     estimate["backgrounds"] = per_step["backgrounds"] * (settings.backgrounds.steps if settings.backgrounds else 0)
     total = sum(estimate.values())
     print(json.dumps({"median_step_s": {k: round(v, 3) for k, v in per_step.items()},

@@ -49,7 +49,7 @@ def run_one(variant: str, seed: int, out: Path, eval_every: int, workers: int, s
     if smoke:  # a few steps per stage: does the screen run here at all?
         tiny = StageSettings(steps=4, batch_size=4, warmup=1)
         settings.contrastive = settings.language = settings.alignment = settings.instruction = tiny
-        settings.polish = tiny
+        settings.backgrounds = tiny
         settings.eval_every, settings.eval_scenes, settings.zero_shot_scenes, settings.log_every = 2, 2, 4, 2
     build_classroom(out / f"{variant}-seed{seed}", settings)
 

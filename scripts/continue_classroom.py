@@ -1,13 +1,15 @@
-"""Run the recipe's last stage (backgrounds) on a classroom checkpoint that has every stage before it.
+"""Run the recipe's last stage (backgrounds) on a classroom checkpoint that has stages 1-4.
 
-    .venv/bin/python scripts/continue_classroom.py --model assets/classroom --out runs/classroom_bg
+    git archive 514f794 assets/classroom | tar -x -C /tmp/stage4 --strip-components=2
+    .venv/bin/python scripts/continue_classroom.py --model /tmp/stage4 --out runs/classroom
 
-How the shipped checkpoint got its backgrounds stage: the stage draws from its own data
-stream, so on the CPU with the build's two threads this writes the same tensors as a whole
-`python -m vitdemo build-classroom` (tests/classroom/test_classroom_recipe_hash.py pins the
-stages before it), in minutes instead of an hour. The stage's record is appended to the
-folder's training.json, the record's settings become the recipe's, and the generation config
-gets the recipe's cap on new tokens. Refuses a folder that already has the stage.
+How the shipped checkpoint got its last stage: commit 514f794 holds the stage-4 weights a
+whole build wrote (the second build), and the stage draws from its own data stream, so on
+the CPU with the build's two threads this writes the same tensors as a whole
+`python -m vitdemo build-classroom` would on the CPU that built stages 1-4, in minutes
+instead of an hour. The stage's record is appended to the folder's training.json, the
+record's settings become the recipe's, and the generation config gets the recipe's cap on
+new tokens. Refuses a folder with other stages than 1-4.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+STAGES_BEFORE = ["contrastive", "language", "alignment", "instruction"]
+
 
 def main() -> int:
     import torch
@@ -32,14 +36,14 @@ def main() -> int:
     from vitdemo.classroom.train import BuildSettings, _example_answers, backgrounds_stage
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, required=True, help="classroom folder with stages 1-4 and the polish")
+    parser.add_argument("--model", type=Path, required=True, help="classroom folder with stages 1-4")
     parser.add_argument("--out", type=Path, required=True, help="new folder (must not exist)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     record = json.loads((args.model / "training.json").read_text())
     names = [stage["name"] for stage in record["stages"]]
-    if names != ["contrastive", "language", "alignment", "instruction", "polish"]:
-        print(f"error: {args.model} has stages {names}; this adds the backgrounds stage after the polish",
+    if names != STAGES_BEFORE:
+        print(f"error: {args.model} has stages {names}; this adds the last stage to a folder with {STAGES_BEFORE}",
               file=sys.stderr)
         return 2
     if args.out.exists():

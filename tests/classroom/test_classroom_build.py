@@ -12,7 +12,7 @@ from vitdemo.classroom.train import BuildSettings, StageSettings, build_classroo
 def test_a_short_build_writes_every_stage_and_a_loadable_model(tmp_path):
     short = StageSettings(steps=3, batch_size=4, warmup=1)
     settings = BuildSettings(contrastive=short, language=short, alignment=short, instruction=short,
-                             log_every=1, eval_every=2, eval_scenes=2, zero_shot_scenes=4, polish=None,
+                             log_every=1, eval_every=2, eval_scenes=2, zero_shot_scenes=4,
                              backgrounds=short)
     out = tmp_path / "classroom"
     build_classroom(out, settings)

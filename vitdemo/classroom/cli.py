@@ -17,8 +17,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--out", type=Path, default=CLASSROOM_MODEL_DIR, help="output folder (default: assets/classroom)")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--instruction-steps", type=int, default=None, help="override stage-4 steps (quick trials)")
-    build.add_argument("--no-polish", action="store_true",
-                       help="stop after stage 4, without its short second phase (the polish)")
     build.add_argument("--no-backgrounds", action="store_true",
                        help="stop before the last stage (varied backgrounds, blur and object sizes)")
     build.add_argument("--device", default="cpu",
@@ -101,8 +99,6 @@ def run_build(args: argparse.Namespace) -> int:
     settings = BuildSettings(seed=args.seed, device=device, data_workers=args.data_workers)
     if args.instruction_steps:
         settings.instruction.steps = args.instruction_steps
-    if args.no_polish:
-        settings.polish = None
     if args.no_backgrounds:
         settings.backgrounds = None
     record = build_classroom(args.out, settings)

@@ -3,8 +3,9 @@
 1. contrastive pretraining of the vision encoder with a small text encoder (CLIP loss);
 2. language-model pretraining on scene text (next token);
 3. feature alignment: the projector alone learns to caption, encoder and decoder frozen;
-4. visual instruction tuning: loss on the answers only; then its second phase, the
-   polish: a short, gentler pass weighted to the form the model gets wrong most ("where").
+4. visual instruction tuning: loss on the answers only;
+5. the last stage, backgrounds: pictures as users draw and photograph them, the hardest
+   question forms weighted up, and questions about what a scene does not have.
 
 Each stage's settings, loss curve and the model's answers to fixed examples afterwards are
 written to `training.json` beside the checkpoint, for the Learn tab.
@@ -61,30 +62,27 @@ class BuildSettings:
     max_turns: int = 3  # questions per image in one stage-4 sequence (answers all carry loss)
     form_weights: dict[str, float] = field(default_factory=lambda: {
         "color": 1.0, "shape": 1.0, "where": 2.0, "count": 1.0, "exists": 1.0, "describe": 1.0})
-    # Stage 4's second phase, the polish: a short pass from the finished stage-4 weights with
-    # its own optimizer and data stream, weighted to "where" (the form the model gets wrong
-    # most), to objects that share a colour or shape with another and to crowded scenes.
-    # None = stop after stage 4 (build-classroom --no-polish).
-    polish: StageSettings | None = field(default_factory=lambda: StageSettings(
-        steps=1000, batch_size=32, lr=3e-4, warmup=50))
-    polish_form_weights: dict[str, float] | None = field(default_factory=lambda: {
-        "color": 1.0, "shape": 1.0, "where": 4.0, "count": 1.0, "exists": 1.0, "describe": 1.0})  # None: stage 4's
-    # Share of the polish's "where" questions asked about an object with a same-colour or
-    # same-shape neighbour (such objects get the wrong cell about three times as often).
-    polish_where_confusable: float = 0.5
-    polish_objects: tuple[float, ...] | None = (1.0, 2.0, 3.0, 4.0)  # weights of 1..4-object scenes; None: uniform
-    # The last stage, backgrounds: from the polished weights, with its own data stream, 60% of
-    # the images drawn as users' pictures are (scenes.VARIED_STYLE: any grey, pale and dark
-    # tints, blur, objects up to a whole cell), the rest standard, so the standard scenes keep
-    # their scores. Its form weights lean to the answers that name every object's shape
-    # (describe) and place ("where"), which the new backgrounds broke most. 800 steps is what
-    # the 60-minute build budget leaves. None = stop after the polish (--no-backgrounds).
+    # The last stage, backgrounds, from the stage-4 weights with its own optimizer and data
+    # stream: STEPS_NOTE of the images drawn as users' pictures are (scenes.VARIED_STYLE: any
+    # grey, pale and dark tints, blur, objects up to a whole cell), the rest standard, so the
+    # standard scenes keep their scores. Its form weights lean to the answers that name every
+    # object's place ("where", the form the model gets wrong most) and shape (describe), which
+    # the new backgrounds broke most, and it asks about what a scene does not have ("What
+    # color is the circle?" without a circle: "no circle"), so that a removed object is not
+    # named. It replaced the polish (a gentler "where" pass) and an 800-step backgrounds
+    # stage after it: one longer stage on the varied pictures did better in the same time
+    # (docs/classroom.md). None = stop after stage 4 (--no-backgrounds).
     backgrounds: StageSettings | None = field(default_factory=lambda: StageSettings(
-        steps=800, batch_size=32, lr=8e-4, warmup=50))
+        steps=1800, batch_size=32, lr=1.2e-3, warmup=50))
     backgrounds_varied_share: float = 0.6
     backgrounds_vision_lr_scale: float = 1.0  # the encoder must learn new backgrounds: full rate
     backgrounds_form_weights: dict[str, float] = field(default_factory=lambda: {
-        "color": 1.0, "shape": 1.5, "where": 3.0, "count": 0.5, "exists": 0.5, "describe": 3.0})
+        "color": 1.0, "shape": 1.5, "where": 3.0, "count": 0.5, "exists": 0.5, "describe": 3.0,
+        scenes.ABSENT: 0.25})
+    # Share of the "where" questions asked about an object with a same-colour or same-shape
+    # neighbour (such objects get the wrong cell about three times as often).
+    backgrounds_where_confusable: float = 0.5
+    backgrounds_objects: tuple[float, ...] | None = (1.0, 2.0, 3.0, 4.0)  # weights of 1..4-object scenes; None: uniform
     log_every: int = 25  # steps between loss-curve points
     eval_every: int = 1000  # stage-4 steps between held-out checks and checkpoints
     eval_scenes: int = 40  # held-out scenes per check during training
@@ -219,54 +217,35 @@ def _instruction_groups(model, lr: float, vision_lr_scale: float) -> list[dict]:
             {"params": list(tower.parameters()), "lr": lr * vision_lr_scale}]
 
 
-POLISH_STREAM = 5  # the polish draws scenes from rng([seed, 5]), apart from stages 1-4
-BACKGROUNDS_STREAM = 6  # and the backgrounds stage from rng([seed, 6])
+# The backgrounds stage draws scenes from rng([seed, 6]), apart from stages 1-4 (5 was the polish's).
+BACKGROUNDS_STREAM = 6
 
 
-def _continue_stage(model, processor, settings: BuildSettings, name: str, s: StageSettings, maker: BatchMaker,
-                    vision_lr_scale: float, done_steps: int, forms: dict[str, float]) -> dict:
-    """A stage-4-like pass (everything trains, answers carry the loss) on a model that
-    finished the stages before it, with its own optimizer and data stream, then a held-out check."""
+def backgrounds_stage(model, processor, settings: BuildSettings) -> dict:
+    """The last stage (settings.backgrounds) on a model that finished stage 4: everything
+    trains, answers carry the loss; then held-out checks on standard and background-shifted
+    scenes.
+
+    Its own optimizer and data stream make it depend on the weights it starts from alone,
+    not on how many random numbers stages 1-4 drew.
+    """
+    s = settings.backgrounds
+    if s is None:
+        raise ValueError("settings.backgrounds is not set")
+    maker = BatchMaker(processor, np.random.default_rng([settings.seed, BACKGROUNDS_STREAM]),
+                       varied_share=settings.backgrounds_varied_share)
     model.train()
     _set_trainable([model], True)
 
     def step() -> torch.Tensor:
-        batch = maker.instruction_batch(s.batch_size, settings.max_turns, forms, settings.polish_where_confusable,
-                                        settings.polish_objects)
+        batch = maker.instruction_batch(s.batch_size, settings.max_turns, settings.backgrounds_form_weights,
+                                        settings.backgrounds_where_confusable, settings.backgrounds_objects)
         return model(**_on(batch, model.device)).loss
 
-    result = _train(name, _instruction_groups(model, s.lr, vision_lr_scale), s, step, settings.log_every)
-    result["held_out_after"] = _held_out_check(model, processor, settings, done_steps + s.steps, f" (after {name})")
-    return result
-
-
-def polish_stage(model, processor, settings: BuildSettings) -> dict:
-    """Stage 4's second phase (settings.polish) on a model that finished stage 4.
-
-    Its own data stream makes it depend on the stage-4 weights alone, not on how many
-    random numbers stages 1-4 drew.
-    """
-    if settings.polish is None:
-        raise ValueError("settings.polish is not set")
-    maker = BatchMaker(processor, np.random.default_rng([settings.seed, POLISH_STREAM]))
-    return _continue_stage(model, processor, settings, "polish", settings.polish, maker,
-                           settings.vision_lr_scale, settings.instruction.steps,
-                           settings.polish_form_weights or settings.form_weights)
-
-
-def backgrounds_stage(model, processor, settings: BuildSettings) -> dict:
-    """The last stage (settings.backgrounds): varied backgrounds, blur and object sizes for
-    half of the images; then a check on background-shifted held-out scenes as well.
-
-    Like the polish, its own data stream makes it depend on the weights it starts from alone.
-    """
-    if settings.backgrounds is None:
-        raise ValueError("settings.backgrounds is not set")
-    maker = BatchMaker(processor, np.random.default_rng([settings.seed, BACKGROUNDS_STREAM]),
-                       varied_share=settings.backgrounds_varied_share)
-    done = settings.instruction.steps + (settings.polish.steps if settings.polish else 0)
-    result = _continue_stage(model, processor, settings, "backgrounds", settings.backgrounds, maker,
-                             settings.backgrounds_vision_lr_scale, done, settings.backgrounds_form_weights)
+    groups = _instruction_groups(model, s.lr, settings.backgrounds_vision_lr_scale)
+    result = _train("backgrounds", groups, s, step, settings.log_every)
+    result["held_out_after"] = _held_out_check(model, processor, settings, settings.instruction.steps + s.steps,
+                                               " (after backgrounds)")
     model.eval()
     shifted = evaluate.evaluate_answers(model, processor, settings.eval_scenes, seed=evaluate.SHIFTED_SEED + 7,
                                         style=scenes.VARIED_STYLE)
@@ -285,7 +264,7 @@ def save_example_images(out_dir: Path) -> None:
 
 
 def build_classroom(out_dir: Path, settings: BuildSettings = BuildSettings()) -> dict:
-    """Train all four stages (and the polish) and save model, processor, contrastive encoders and records.
+    """Train every stage and save model, processor, contrastive encoders and records.
 
     Writes into `out_dir/.building` and renames at the end, so a crash never leaves a
     half-written model where the app looks for one.
@@ -390,8 +369,6 @@ def _build_stages(out_dir: Path, work: Path, settings: BuildSettings, processor,
                     settings.log_every, on_step=checkpoint)
     result["held_out_during_training"] = evals
     finish_stage(result)
-    if settings.polish is not None:
-        finish_stage(polish_stage(model, processor, settings))
     if settings.backgrounds is not None:
         finish_stage(backgrounds_stage(model, processor, settings))
 

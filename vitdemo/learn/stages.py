@@ -18,8 +18,10 @@ STAGE_NOTES = {
                  "decoder can read, by captioning images.",
     "instruction": "Visual instruction tuning: the whole model answers questions about images, "
                    "with the loss on the answers only.",
-    "polish": "A short, gentle second pass of instruction tuning, weighted to the hardest question "
-              "(\"Where is ...?\"), to objects that share a colour or shape with another, and to crowded scenes.",
+    "backgrounds": "A last pass of instruction tuning on pictures as people draw and photograph them "
+                   "(grey, tinted and dark backgrounds, blur, objects of every size), weighted to the hardest "
+                   "question (\"Where is ...?\"), with questions about what the picture does not have "
+                   "(\"What color is the circle?\" without a circle: \"no circle\").",
 }
 
 

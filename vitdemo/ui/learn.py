@@ -302,8 +302,8 @@ def create_learn_tab(engine: Engine, settings: Settings | None = None, session: 
             ct_run.click(_guarded(lambda p, c: _contrastive(engine, p, c)), [ct_image, ct_captions], [ct_md, ct_plot])
 
         with _section(columns, False, "### 3. Stages of visual instruction tuning\nThe classroom model was built in the "
-                        "four stages of visual instruction tuning, then a short polish of the fourth. The curves "
-                        "are its real training losses; the table shows what it answered after each stage."):
+                        "four stages of visual instruction tuning, then a last stage on pictures as people make them. "
+                        "The curves are its real training losses; the table shows what it answered after each stage."):
             with gr.Row():
                 st_example = gr.Dropdown(choices=[(f"Example {i + 1}", i) for i in range(len(examples))]
                                          or [("Example 1", 0)], value=0, label="Example image", scale=3)
