@@ -1,13 +1,14 @@
 """Run the recipe's last stage (backgrounds) on a classroom checkpoint that has stages 1-4.
 
-    git archive 514f794 assets/classroom | tar -x -C /tmp/stage4 --strip-components=2
+    mkdir -p /tmp/stage4 && git archive 514f794 assets/classroom | tar -x -C /tmp/stage4 --strip-components=2
     .venv/bin/python scripts/continue_classroom.py --model /tmp/stage4 --out runs/classroom
 
 How the shipped checkpoint got its last stage: commit 514f794 holds the stage-4 weights a
-whole build wrote (the second build), and the stage draws from its own data stream, so on
-the CPU with the build's two threads this writes the same tensors as a whole
-`python -m vitdemo build-classroom` would on the CPU that built stages 1-4, in minutes
-instead of an hour. The stage's record is appended to the folder's training.json, the
+whole build wrote (the second build, on the CPU of the sessions before 2026-12-01), and the
+stage draws from its own data stream, so it depends on those weights alone: in minutes
+instead of an hour, this writes what a whole build does after its stage 4. It is bit-exact
+on one kind of CPU with the build's two threads (the shipped last stage was run on an AMD
+EPYC with AVX-512, twice, with equal tensors); another kind rounds differently. The stage's record is appended to the folder's training.json, the
 record's settings become the recipe's, and the generation config gets the recipe's cap on
 new tokens. Refuses a folder with other stages than 1-4.
 """

@@ -12,7 +12,8 @@ message prints them).
 Bit-exactness holds on one kind of CPU with the build's two threads; another CPU (or a
 GPU) rounds differently, so the hashes are recorded per kind of CPU (`cpu_kind`). The
 shipped checkpoint's stages 1-4 and its last stage were built on two kinds (below), so no
-single machine rebuilds it bit for bit; each part is rebuilt on the kind that made it.
+single machine rebuilds it bit for bit, and these tests pin the recipe, not the shipped
+tensors: the current recipe's hashes exist for the AMD kind only.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ def test_an_unexpected_check_failure_is_logged_with_its_traceback(tiny_llava_dir
         create_finetune_tab(engine, settings)
 
     def broken(*args, **kwargs):
-        raise OSError("disk went away")
+        raise OSError("/srv/private/uploads/abc: disk went away")
 
     monkeypatch.setattr(svc, "check_upload", broken)
     on_check = _handler(demo, "on_check")
@@ -39,10 +39,11 @@ def test_an_unexpected_check_failure_is_logged_with_its_traceback(tiny_llava_dir
         with pytest.raises(gr.Error) as raised:
             on_check([str(tmp_path / "data.zip")], None, False, owners.new_token(), None)
     message = str(raised.value)
-    assert "Checking the data failed unexpectedly" in message and "OSError: disk went away" in message
-    assert "server log" in message
+    assert "Checking the data failed unexpectedly (OSError)" in message and "server log" in message
+    assert "/srv/private" not in message  # a server path is for the log, not for a remote user
     logged = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert logged and logged[0].exc_info is not None and logged[0].exc_info[0] is OSError
+    assert "disk went away" in str(logged[0].exc_info[1])
 
     # A user's mistake stays a one-line info message without a traceback.
     monkeypatch.undo()

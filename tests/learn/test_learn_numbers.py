@@ -96,3 +96,13 @@ def test_stage_answers_of_an_untrained_decoder_read_as_a_note_not_as_garbage():
     assert readable_answer("\ufffd \ufffd\ufffd \ufffd").startswith("(no words yet")
     for real in ("red", "橙色", "a red circle at top", "yes \ufffd"):  # real answers stay as they are
         assert readable_answer(real) == real
+
+
+def test_every_stage_of_the_shipped_model_says_what_it_teaches():
+    """The Learn tab explains each recorded stage; a stage added to the recipe needs its note."""
+    from vitdemo.learn.stages import load_stages
+    from vitdemo.paths import CLASSROOM_MODEL_DIR
+
+    stages = load_stages(CLASSROOM_MODEL_DIR)
+    assert [s.name for s in stages] == ["contrastive", "language", "alignment", "instruction", "backgrounds"]
+    assert all(s.note for s in stages), [s.name for s in stages if not s.note]

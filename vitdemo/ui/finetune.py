@@ -108,8 +108,9 @@ def _unexpected(action: str, err: Exception) -> None:
     # Not a user's mistake: the traceback goes to the log (so the cause can be found), and the
     # page says what to do instead of a bare "Error".
     logger.exception("fine-tune: %s failed unexpectedly", action)
-    raise gr.Error(f"{action} failed unexpectedly ({type(err).__name__}: {err}). Try again; if it keeps "
-                   "failing, the server log has the details.", print_exception=False)
+    # Only the kind of error on the page: its text can hold server paths a remote user must not see.
+    raise gr.Error(f"{action} failed unexpectedly ({type(err).__name__}). Try again; if it keeps failing, "
+                   "the server log has the details.", print_exception=False)
 
 
 def create_finetune_tab(engine: Engine, settings: Settings, adapter_state: gr.State | None = None,
