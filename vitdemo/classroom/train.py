@@ -63,9 +63,9 @@ class BuildSettings:
     form_weights: dict[str, float] = field(default_factory=lambda: {
         "color": 1.0, "shape": 1.0, "where": 2.0, "count": 1.0, "exists": 1.0, "describe": 1.0})
     # The last stage, backgrounds, from the stage-4 weights with its own optimizer and data
-    # stream: backgrounds_varied_share (60%) of the images drawn as users' pictures are (scenes.VARIED_STYLE: any
-    # grey, pale and dark tints, blur, objects up to a whole cell), the rest standard, so the
-    # standard scenes keep their scores. Its form weights lean to the answers that name every
+    # stream: backgrounds_varied_share (60%) of the images drawn as users' pictures are
+    # (scenes.VARIED_STYLE: any grey, pale and dark tints, blur, objects up to a whole cell),
+    # the rest standard, so the standard scenes keep their scores. Its form weights lean to the answers that name every
     # object's place ("where", the form the model gets wrong most) and shape (describe), which
     # the new backgrounds broke most, and it asks about what a scene does not have ("What
     # color is the circle?" without a circle: "no circle"), so that a removed object is not

@@ -87,30 +87,7 @@ def _summary(trainer: Any, before: dict, after: dict | None, wall: float) -> dic
     }
 
 
-# A data-parallel process other than the first writes nothing to the job; when it fails, the
-# first one only sees a broken connection. So each leaves its error in this file, which the
-# first one reads into the job's message.
-_PROCESS_ERROR = "failed-process-{rank}.txt"
 OTHER_ERRORS_WAIT_S = 3.0  # how long the first process looks for the others' errors after its own failure
-
-
-def _note_process_failure(job_dir: Path, rank: int, message: str) -> None:
-    path = job_dir / _PROCESS_ERROR.format(rank=rank)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(message)
-    partial.replace(path)  # whole or not at all: the first process may be reading
-
-
-def _other_process_failures(job_dir: Path, wait_s: float) -> list[str]:
-    """"process N: message" for each other process that left its error (waits up to `wait_s`
-    for the first: the broken connection can reach the first process before the file lands)."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        found = sorted(job_dir.glob(_PROCESS_ERROR.format(rank="*")))
-        if found or time.monotonic() >= deadline:
-            break
-        time.sleep(0.1)
-    return [f"process {path.stem.rsplit('-', 1)[1]}: {path.read_text()}" for path in found]
 
 
 class _JobWriter:
@@ -150,7 +127,7 @@ def run_job(job_dir: str | os.PathLike, *, resume: bool = False, stop: StopFlag 
     if os.environ.get("VITDEMO_RUNNER_NICE"):
         os.nice(int(os.environ["VITDEMO_RUNNER_NICE"]))  # chat requests in the server come first
     main = processes.is_main()
-    (job.dir / _PROCESS_ERROR.format(rank=processes.rank())).unlink(missing_ok=True)  # from an earlier run
+    processes.clear_failure(job.dir)
     write = _JobWriter(job, enabled=main)
     lock = JobLock(job.dir.parent) if job.dir.parent.name == "jobs" and main else None
     if lock is not None:
@@ -217,9 +194,9 @@ def run_job(job_dir: str | os.PathLike, *, resume: bool = False, stop: StopFlag 
             message = "interrupted"
         logger.exception("job %s failed", job.id) if not isinstance(exc, VitdemoError) else None
         if not main:
-            _note_process_failure(job.dir, processes.rank(), message)
+            processes.leave_failure(job.dir, message)
         elif processes.world_size() > 1:
-            others = _other_process_failures(job.dir, OTHER_ERRORS_WAIT_S)
+            others = processes.failures_of_others(job.dir, OTHER_ERRORS_WAIT_S)
             if others:  # the real cause; the first process's own error is then its broken connection
                 message = "; ".join(others) + f" (then the first process: {message})"
         ckpt = job.latest_checkpoint()
