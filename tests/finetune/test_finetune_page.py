@@ -69,6 +69,20 @@ def _finetune_page(context, url: str):
     return page
 
 
+def _set_slider(page, elem_id: str, value: str) -> None:
+    """Set a slider as a user's drag does (input, then change). A slider that has just appeared (an
+    accordion opening) can still take its first value from the server and undo an early set: retry."""
+    box = page.locator(f"#{elem_id} input[type='number']")
+    for _ in range(5):
+        knob = page.locator(f"#{elem_id} input[type='range']")
+        knob.fill(value)
+        knob.dispatch_event("change")
+        page.wait_for_timeout(1000)
+        if box.input_value() == value:
+            return
+    raise AssertionError(f"slider {elem_id} stays at {box.input_value()}, not {value}")
+
+
 def _check(page, upload: Path, expect_text: str) -> None:
     upload_file(page, "ft-files", upload)  # may drop the file twice: the check counts one copy
     page.locator("#ft-check").click()
@@ -139,9 +153,13 @@ def test_curve_owners_and_the_running_note(app, browser, artifacts_dir: Path) ->
 
     alice = _finetune_page(alice_ctx, url)
     _check(alice, EXAMPLE_ZIP, "Ready to train.")
+    # 50 epochs (1,650 steps): Alice's job must still train when Bob starts his, however slow the
+    # browser is; at the default 10 (330 steps, ~15 s here) a slow check can let it end before Bob presses Start
+    alice.get_by_text("LoRA settings").click()
+    _set_slider(alice, "ft-epochs", "50")
     before = _started(settings)
     alice.locator("#ft-start").click()
-    alice.get_by_text(re.compile(r"Running: training, step [1-9]\d* of")).first.wait_for(timeout=240_000)
+    alice.get_by_text(re.compile(r"Running: training, step [1-9]\d* of 1650")).first.wait_for(timeout=240_000)
     alice.wait_for_function("() => /step ([5-9]|\\d\\d+) of/.test(document.querySelector('#ft-progress').innerText)",
                             timeout=240_000)
     _assert_numeric_line(alice)  # while training, on a page that started with an empty plot

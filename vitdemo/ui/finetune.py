@@ -140,7 +140,7 @@ def create_finetune_tab(engine: Engine, settings: Settings, adapter_state: gr.St
                 rank = gr.Slider(1, 128, value=DEFAULTS.rank, step=1, label="rank r")
                 alpha = gr.Slider(1, 256, value=DEFAULTS.alpha, step=1, label="alpha (update scale alpha/r)")
                 lr = gr.Number(value=DEFAULTS.lr, label="learning rate")
-                epochs = gr.Slider(0.5, 50, value=DEFAULTS.epochs, step=0.5, label="epochs")
+                epochs = gr.Slider(0.5, 50, value=DEFAULTS.epochs, step=0.5, label="epochs", elem_id="ft-epochs")
                 min_steps = gr.Slider(0, 2000, value=DEFAULTS.min_steps, step=10,
                                       label="at least this many steps (small datasets)")
                 batch = gr.Slider(1, 64, value=DEFAULTS.batch_size, step=1, label="batch size")
