@@ -137,3 +137,31 @@ def test_varied_share_draws_some_images_on_other_backgrounds(processor):
     assert 10 < dark < 55  # standard paper is 225-255; about half the varied ones are darker
     with pytest.raises(ValueError, match="varied_share"):
         BatchMaker(processor, np.random.default_rng(3), varied_share=1.5)
+
+
+def test_answer_weights_weigh_each_reply_and_leave_the_batch_as_it_was(processor):
+    from vitdemo.classroom.batches import weighted_loss
+
+    weights = {f: 1.0 for f in scenes.FORMS}
+    plain = BatchMaker(processor, np.random.default_rng(3)).instruction_batch(6, 3, weights)
+    batch = BatchMaker(processor, np.random.default_rng(3)).instruction_batch(6, 3, weights,
+                                                                              answer_weights={"where": 4.0})
+    # the same random draws: the same sequences and images, with token weights on top
+    assert all(torch.equal(plain[k], batch[k]) for k in plain)
+    lw, labels = batch["loss_weights"], batch["labels"]
+    assert torch.equal(lw > 0, labels != IGNORE)
+    tok = processor.tokenizer
+    where = {w for p in scenes.POSITIONS for w in tok(p, add_special_tokens=False)["input_ids"]}
+    heavy = labels[lw == 4.0].tolist()
+    assert heavy and set(heavy) <= where | {tok.convert_tokens_to_ids("<|end|>")}  # only "where" replies
+
+    # all weights 1: the model's own mean loss; weights move the loss toward the heavy tokens
+    logits = torch.randn(*labels.shape, len(tok))
+    ones = (labels != IGNORE).float()
+    mean = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, len(tok)), labels[:, 1:].reshape(-1),
+                                             ignore_index=IGNORE)
+    assert torch.allclose(weighted_loss(logits, labels, ones), mean, atol=1e-5)
+    only_where = (lw == 4.0).float()
+    per_token = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, len(tok)), labels[:, 1:].reshape(-1),
+                                                  ignore_index=IGNORE, reduction="none").reshape(labels[:, 1:].shape)
+    assert torch.allclose(weighted_loss(logits, labels, only_where), per_token[only_where[:, 1:] > 0].mean(), atol=1e-5)

@@ -28,6 +28,34 @@ class Augment:
     jpeg_quality: tuple[int, int] = (30, 90)
 
 
+def _reply_weights(labels: list[int], reply_weights: list[float]) -> list[float]:
+    """One weight per token: each reply (a run of labelled tokens) gets its turn's weight,
+    unlabelled tokens 0."""
+    out: list[float] = []
+    turn = -1
+    for k, label in enumerate(labels):
+        if label == IGNORE:
+            out.append(0.0)
+            continue
+        if k == 0 or labels[k - 1] == IGNORE:
+            turn += 1
+        out.append(reply_weights[turn])
+    if turn != len(reply_weights) - 1:
+        raise ValueError(f"{turn + 1} replies in the labels, {len(reply_weights)} weights")
+    return out
+
+
+def weighted_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy with a weight per label token, normalised by the weights' sum
+    (all weights 1: the mean loss the model computes itself)."""
+    logits = logits[:, :-1].float()
+    labels, weights = labels[:, 1:], weights[:, 1:].to(logits.device)
+    per_token = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                                  ignore_index=IGNORE, reduction="none")
+    weights = weights.reshape(-1) * (labels.reshape(-1) != IGNORE)
+    return (per_token * weights).sum() / weights.sum().clamp_min(1e-8)
+
+
 class BatchMaker:
     """Batches for every stage. `varied_share` of the images get a varied background,
     blur and object size (scenes.VARIED_STYLE); at 0 no random number is drawn for it."""
@@ -101,13 +129,16 @@ class BatchMaker:
 
     def instruction_batch(self, batch_size: int, max_turns: int, form_weights: dict[str, float],
                           where_confusable: float = 0.0,
-                          object_weights: tuple[float, ...] | None = None) -> dict[str, torch.Tensor]:
+                          object_weights: tuple[float, ...] | None = None,
+                          answer_weights: dict[str, float] | None = None) -> dict[str, torch.Tensor]:
         """Stage 4: image + 1..max_turns questions, loss on the answers only.
 
         With probability `where_confusable` a "where" question asks about an object that
         shares its colour or shape with another one, when the scene has such an object.
         `object_weights` weighs scenes of 1, 2, 3, 4 objects (None: uniform, as drawn by
-        the scene generator; then no extra random number is drawn)."""
+        the scene generator; then no extra random number is drawn). `answer_weights` (form ->
+        weight, 1 for forms not named) adds "loss_weights", one per token, for weighted_loss;
+        it draws no random number, so the batches are the same with or without it."""
         forms = list(form_weights)
         probs = np.array([form_weights[f] for f in forms], dtype=float)
         probs /= probs.sum()
@@ -117,11 +148,13 @@ class BatchMaker:
                 raise ValueError(f"object_weights needs {scenes.MAX_OBJECTS} weights >= 0, got {object_weights}")
             counts = np.asarray(object_weights, dtype=float) / sum(object_weights)
         images, seqs, labels = [], [], []
+        token_weights: list[list[float]] = []
         for _ in range(batch_size):
             n_objects = None if counts is None else int(self.rng.choice(len(counts), p=counts)) + 1
             scene = self.scene(n_objects=n_objects)
             n_turns = int(self.rng.integers(1, max_turns + 1))
             turns: list[tuple[str, str]] = []
+            turn_forms: list[str] = []
             while len(turns) < n_turns:
                 form = str(self.rng.choice(forms, p=probs))
                 target = None
@@ -132,11 +165,18 @@ class BatchMaker:
                 qa = scenes.question_for(scene, form, self.rng, canonical=False, target=target)
                 if qa is not None:
                     turns.append((qa.question, qa.answer))
+                    turn_forms.append(form)
             seq, lab = self.dialogue(turns, with_image=True)
             images.append(scene.image)
             seqs.append(seq)
             labels.append(lab)
+            if answer_weights is not None:
+                token_weights.append(_reply_weights(lab, [answer_weights.get(f, 1.0) for f in turn_forms]))
         batch = self._pad(seqs, labels)
+        if answer_weights is not None:
+            batch["loss_weights"] = torch.zeros(batch["labels"].shape)
+            for i, w in enumerate(token_weights):
+                batch["loss_weights"][i, : len(w)] = torch.tensor(w)
         batch["pixel_values"] = self.pixels(images)
         return batch
 

@@ -27,7 +27,7 @@ import torch
 
 from vitdemo.classroom import evaluate, scenes
 from vitdemo.classroom.batch_workers import BatchWorkers
-from vitdemo.classroom.batches import BatchMaker
+from vitdemo.classroom.batches import BatchMaker, weighted_loss
 from vitdemo.classroom.model import ClassroomArchitecture, build_clip, build_llava, build_processor
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,10 @@ class BuildSettings:
     # neighbour (such objects get the wrong cell about three times as often).
     backgrounds_where_confusable: float = 0.5
     backgrounds_objects: tuple[float, ...] | None = (1.0, 2.0, 3.0, 4.0)  # weights of 1..4-object scenes; None: uniform
+    # Weight of each form's answer tokens in the last stage's loss (forms not named: 1; None:
+    # the plain mean). A "where" answer is 2-3 tokens beside a description's ~15, so its share
+    # of the loss is small even when it is asked often.
+    backgrounds_answer_weights: dict[str, float] | None = None
     log_every: int = 25  # steps between loss-curve points
     eval_every: int = 1000  # stage-4 steps between held-out checks and checkpoints
     eval_scenes: int = 40  # held-out scenes per check during training
@@ -240,8 +244,14 @@ def backgrounds_stage(model, processor, settings: BuildSettings) -> dict:
 
     def step() -> torch.Tensor:
         batch = maker.instruction_batch(s.batch_size, settings.max_turns, settings.backgrounds_form_weights,
-                                        settings.backgrounds_where_confusable, settings.backgrounds_objects)
-        return model(**_on(batch, model.device)).loss
+                                        settings.backgrounds_where_confusable, settings.backgrounds_objects,
+                                        settings.backgrounds_answer_weights)
+        weights = batch.pop("loss_weights", None)
+        if weights is None:
+            return model(**_on(batch, model.device)).loss
+        labels = batch.pop("labels")
+        logits = model(**_on(batch, model.device)).logits
+        return weighted_loss(logits, labels.to(logits.device), weights)
 
     groups = _instruction_groups(model, s.lr, settings.backgrounds_vision_lr_scale)
     result = _train("backgrounds", groups, s, step, settings.log_every)
