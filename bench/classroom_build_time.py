@@ -32,7 +32,7 @@ def main() -> int:
 
     from vitdemo.classroom.batches import BatchMaker
     from vitdemo.classroom.report import load_classroom
-    from vitdemo.classroom.train import BuildSettings, _instruction_groups
+    from vitdemo.classroom.train import BuildSettings, _instruction_groups, backgrounds_batch, instruction_loss
     from vitdemo.paths import CLASSROOM_MODEL_DIR
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -49,15 +49,13 @@ def main() -> int:
         "instruction": (BatchMaker(processor, np.random.default_rng(1)),
                         lambda m: m.instruction_batch(32, settings.max_turns, settings.form_weights)),
         "backgrounds": (BatchMaker(processor, np.random.default_rng(3), varied_share=settings.backgrounds_varied_share),
-                        lambda m: m.instruction_batch(32, settings.max_turns, settings.backgrounds_form_weights,
-                                                      settings.backgrounds_where_confusable,
-                                                      settings.backgrounds_objects)),
+                        lambda m: backgrounds_batch(m, settings)),
     }
     seconds: dict[str, list[float]] = {k: [] for k in kinds}
     for step in range(3 + args.steps):  # alternate, so a busier moment hits every kind alike
         for name, (maker, draw) in kinds.items():
             start = time.perf_counter()
-            loss = model(**draw(maker)).loss
+            loss = instruction_loss(model, draw(maker))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

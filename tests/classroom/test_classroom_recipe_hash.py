@@ -52,8 +52,8 @@ UP_TO_STAGE4 = {
 }
 # The whole recipe, the last stage (backgrounds) included:
 WHOLE = {
-    "AuthenticAMD/avx512": ("7e57636244255b9240b58b18fce0100aa29f5f4742a398437bdc1cb94cbfe55c",
-                            "e348f81f57d47d135a37eab1c7b392621e7cc5034dd1ec0586bc3f8a7433d61b"),
+    "AuthenticAMD/avx512": ("8784130c9eef65c6bcda2fd634795b11c74d1509a9bfd40fbacbd5de6c40baef",
+                            "f25b175628b2a987b4a9fd3488959dba1f3909dee1e3979af1894205541daebc"),
 }
 
 

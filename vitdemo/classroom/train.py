@@ -71,8 +71,8 @@ class BuildSettings:
     # color is the circle?" without a circle: "no circle"), so that a removed object is not
     # named. It replaced the polish (a gentler "where" pass) and an 800-step backgrounds
     # stage after it: in about the same time, one longer stage did better on varied pictures
-    # and learned the absent questions; "where" stayed near 89% on validation scenes, as
-    # before (docs/classroom.md). None = stop after stage 4 (--no-backgrounds).
+    # and learned the absent questions (docs/classroom.md). None = stop after stage 4
+    # (--no-backgrounds).
     backgrounds: StageSettings | None = field(default_factory=lambda: StageSettings(
         steps=1800, batch_size=32, lr=1.2e-3, warmup=50))
     backgrounds_varied_share: float = 0.6
@@ -84,10 +84,16 @@ class BuildSettings:
     # neighbour (such objects get the wrong cell about three times as often).
     backgrounds_where_confusable: float = 0.5
     backgrounds_objects: tuple[float, ...] | None = (1.0, 2.0, 3.0, 4.0)  # weights of 1..4-object scenes; None: uniform
+    # Questions per image in one last-stage sequence (stage 4: max_turns): more answers about
+    # the same picture per step, so "where" is asked about more of its objects.
+    backgrounds_max_turns: int = 5
     # Weight of each form's answer tokens in the last stage's loss (forms not named: 1; None:
-    # the plain mean). A "where" answer is 2-3 tokens beside a description's ~15, so its share
-    # of the loss is small even when it is asked often.
-    backgrounds_answer_weights: dict[str, float] | None = None
+    # the plain mean). A "where" or "no circle" answer is 2-3 tokens beside a description's
+    # ~15, so its share of the loss is small even when it is asked often. Weighing "where"
+    # alone cost the absent answers (98.9% -> 49.9% on validation); weighing both, with 5
+    # questions per image, raised "where" (docs/classroom.md, 2026-12-01 night).
+    backgrounds_answer_weights: dict[str, float] | None = field(default_factory=lambda: {
+        "where": 3.0, scenes.ABSENT: 3.0})
     log_every: int = 25  # steps between loss-curve points
     eval_every: int = 1000  # stage-4 steps between held-out checks and checkpoints
     eval_scenes: int = 40  # held-out scenes per check during training
@@ -226,6 +232,28 @@ def _instruction_groups(model, lr: float, vision_lr_scale: float) -> list[dict]:
 BACKGROUNDS_STREAM = 6
 
 
+def backgrounds_batch(maker: BatchMaker, settings: BuildSettings) -> dict[str, torch.Tensor]:
+    """One batch of the last stage, drawn as the recipe draws it."""
+    s = settings.backgrounds
+    if s is None:
+        raise ValueError("settings.backgrounds is not set")
+    return maker.instruction_batch(s.batch_size, settings.backgrounds_max_turns, settings.backgrounds_form_weights,
+                                   settings.backgrounds_where_confusable, settings.backgrounds_objects,
+                                   settings.backgrounds_answer_weights)
+
+
+def instruction_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The model's own mean loss on the answers, or the weighted one when the batch has
+    per-token "loss_weights"."""
+    batch = dict(batch)
+    weights = batch.pop("loss_weights", None)
+    if weights is None:
+        return model(**_on(batch, model.device)).loss
+    labels = batch.pop("labels")
+    logits = model(**_on(batch, model.device)).logits
+    return weighted_loss(logits, labels.to(logits.device), weights)
+
+
 def backgrounds_stage(model, processor, settings: BuildSettings) -> dict:
     """The last stage (settings.backgrounds) on a model that finished stage 4: everything
     trains, answers carry the loss; then held-out checks on standard and background-shifted
@@ -243,15 +271,7 @@ def backgrounds_stage(model, processor, settings: BuildSettings) -> dict:
     _set_trainable([model], True)
 
     def step() -> torch.Tensor:
-        batch = maker.instruction_batch(s.batch_size, settings.max_turns, settings.backgrounds_form_weights,
-                                        settings.backgrounds_where_confusable, settings.backgrounds_objects,
-                                        settings.backgrounds_answer_weights)
-        weights = batch.pop("loss_weights", None)
-        if weights is None:
-            return model(**_on(batch, model.device)).loss
-        labels = batch.pop("labels")
-        logits = model(**_on(batch, model.device)).logits
-        return weighted_loss(logits, labels.to(logits.device), weights)
+        return instruction_loss(model, backgrounds_batch(maker, settings))
 
     groups = _instruction_groups(model, s.lr, settings.backgrounds_vision_lr_scale)
     result = _train("backgrounds", groups, s, step, settings.log_every)
