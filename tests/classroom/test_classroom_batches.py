@@ -140,28 +140,54 @@ def test_varied_share_draws_some_images_on_other_backgrounds(processor):
 
 
 def test_answer_weights_weigh_each_reply_and_leave_the_batch_as_it_was(processor):
+    from transformers.loss.loss_utils import ForCausalLMLoss
+
     from vitdemo.classroom.batches import weighted_loss
 
-    weights = {f: 1.0 for f in scenes.FORMS}
-    plain = BatchMaker(processor, np.random.default_rng(3)).instruction_batch(6, 3, weights)
-    batch = BatchMaker(processor, np.random.default_rng(3)).instruction_batch(6, 3, weights,
-                                                                              answer_weights={"where": 4.0})
+    # "where" and absent questions often, so every batch has both
+    weights = {f: 1.0 for f in scenes.FORMS} | {"where": 4.0, scenes.ABSENT: 4.0}
+    plain = BatchMaker(processor, np.random.default_rng(3)).instruction_batch(16, 3, weights)
+    batch = BatchMaker(processor, np.random.default_rng(3)).instruction_batch(
+        16, 3, weights, answer_weights={"where": 4.0, scenes.ABSENT: 3.0})
     # the same random draws: the same sequences and images, with token weights on top
     assert all(torch.equal(plain[k], batch[k]) for k in plain)
     lw, labels = batch["loss_weights"], batch["labels"]
     assert torch.equal(lw > 0, labels != IGNORE)
+    assert set(lw.unique().tolist()) == {0.0, 1.0, 3.0, 4.0}
     tok = processor.tokenizer
-    where = {w for p in scenes.POSITIONS for w in tok(p, add_special_tokens=False)["input_ids"]}
-    heavy = labels[lw == 4.0].tolist()
-    assert heavy and set(heavy) <= where | {tok.convert_tokens_to_ids("<|end|>")}  # only "where" replies
+    end = tok.convert_tokens_to_ids("<|end|>")
+    # every reply carries one weight; the 4x replies are positions, the 3x ones "no ..."
+    for row_labels, row_weights in zip(labels.tolist(), lw.tolist()):
+        replies: list[tuple[list[int], set[float]]] = []
+        for k, (label, w) in enumerate(zip(row_labels, row_weights)):
+            if label == IGNORE:
+                continue
+            if k == 0 or row_labels[k - 1] == IGNORE:
+                replies.append(([], set()))
+            replies[-1][0].append(label)
+            replies[-1][1].add(w)
+        for ids, ws in replies:
+            assert len(ws) == 1, (tok.decode(ids), ws)
+            text = tok.decode([t for t in ids if t != end])
+            if ws == {4.0}:
+                assert text in scenes.POSITIONS, text
+            elif ws == {3.0}:
+                assert text.startswith("no ") and text != "no", text
+            else:
+                assert text not in scenes.POSITIONS and not (text.startswith("no ") and text != "no"), text
 
-    # all weights 1: the model's own mean loss; weights move the loss toward the heavy tokens
+    # all weights 1: transformers' own causal-LM loss (what the model returns); weights move it
     logits = torch.randn(*labels.shape, len(tok))
     ones = (labels != IGNORE).float()
-    mean = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, len(tok)), labels[:, 1:].reshape(-1),
-                                             ignore_index=IGNORE)
-    assert torch.allclose(weighted_loss(logits, labels, ones), mean, atol=1e-5)
+    reference = ForCausalLMLoss(logits, labels, vocab_size=len(tok))
+    assert torch.allclose(weighted_loss(logits, labels, ones), reference, atol=1e-5)
     only_where = (lw == 4.0).float()
     per_token = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, len(tok)), labels[:, 1:].reshape(-1),
                                                   ignore_index=IGNORE, reduction="none").reshape(labels[:, 1:].shape)
     assert torch.allclose(weighted_loss(logits, labels, only_where), per_token[only_where[:, 1:] > 0].mean(), atol=1e-5)
+
+
+def test_answer_weights_for_a_form_never_asked_are_refused(processor):
+    maker = BatchMaker(processor, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="abscent"):
+        maker.instruction_batch(2, 3, {f: 1.0 for f in scenes.FORMS}, answer_weights={"abscent": 3.0})

@@ -155,8 +155,9 @@ def test_curve_owners_and_the_running_note(app, browser, artifacts_dir: Path) ->
     _check(alice, EXAMPLE_ZIP, "Ready to train.")
     # 50 epochs (1,650 steps): Alice's job must still train when Bob starts his, however slow the
     # browser is; at the default 10 (330 steps, ~15 s here) a slow check can let it end before Bob presses Start
-    alice.get_by_text("LoRA settings").click()
+    alice.get_by_text("LoRA settings", exact=True).click()
     _set_slider(alice, "ft-epochs", "50")
+    expect(alice.locator("#ft-epochs input[type='number']")).to_have_value("50")  # still, as Start is pressed
     before = _started(settings)
     alice.locator("#ft-start").click()
     alice.get_by_text(re.compile(r"Running: training, step [1-9]\d* of 1650")).first.wait_for(timeout=240_000)

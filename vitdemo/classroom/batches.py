@@ -30,7 +30,8 @@ class Augment:
 
 def _reply_weights(labels: list[int], reply_weights: list[float]) -> list[float]:
     """One weight per token: each reply (a run of labelled tokens) gets its turn's weight,
-    unlabelled tokens 0."""
+    unlabelled tokens 0. Assumes labels on the answers only (dialogue's default), so each
+    reply is one run."""
     out: list[float] = []
     turn = -1
     for k, label in enumerate(labels):
@@ -39,6 +40,8 @@ def _reply_weights(labels: list[int], reply_weights: list[float]) -> list[float]
             continue
         if k == 0 or labels[k - 1] == IGNORE:
             turn += 1
+            if turn >= len(reply_weights):
+                raise ValueError(f"more replies in the labels than the {len(reply_weights)} weights")
         out.append(reply_weights[turn])
     if turn != len(reply_weights) - 1:
         raise ValueError(f"{turn + 1} replies in the labels, {len(reply_weights)} weights")
@@ -140,6 +143,9 @@ class BatchMaker:
         weight, 1 for forms not named) adds "loss_weights", one per token, for weighted_loss;
         it draws no random number, so the batches are the same with or without it."""
         forms = list(form_weights)
+        if answer_weights is not None and not set(answer_weights) <= set(forms):
+            raise ValueError(f"answer_weights names forms that are never asked: "
+                             f"{sorted(set(answer_weights) - set(forms))}; asked: {forms}")
         probs = np.array([form_weights[f] for f in forms], dtype=float)
         probs /= probs.sum()
         counts = None

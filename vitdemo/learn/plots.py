@@ -25,7 +25,8 @@ def _to_image(fig) -> Image.Image:
 
 
 def loss_curves(stages: list[StageRecord]) -> Image.Image:
-    """One panel per stage: mean training loss against step."""
+    """One panel per stage: training loss against step (the last stage's is weighted: its short
+    answers weigh more, BuildSettings.backgrounds_answer_weights)."""
     fig, axes = plt.subplots(1, len(stages), figsize=(3.2 * len(stages), 2.6), squeeze=False)
     for number, (ax, stage) in enumerate(zip(axes[0], stages), start=1):
         steps, losses = zip(*stage.curve) if stage.curve else ((), ())

@@ -30,7 +30,7 @@ class StageRecord:
     name: str
     note: str
     seconds: float
-    curve: list[list[float]]  # [step, mean loss]
+    curve: list[list[float]]  # [step, mean loss; the last stage's weighted by answer form]
     answers_after: list[dict]  # {"example", "question", "expected", "answer"}
     extra: dict  # stage-specific figures (zero-shot accuracy, held-out checks)
 
