@@ -21,6 +21,9 @@ def _settings(argv: list[str]) -> Settings:
 
 
 if __name__ == "__main__":
+    from vitdemo.serving.cpu_threads import prefer_sleeping_cpu_workers
+
+    prefer_sleeping_cpu_workers()  # before torch is imported: a class's requests need the cores
     from vitdemo.errors import VitdemoError
     from vitdemo.ui.app import build_ui, launch
 
@@ -34,6 +37,9 @@ else:
     # Imported by Spaces (or `gradio app.py`): settings from env vars only.
     import os
 
+    from vitdemo.serving.cpu_threads import prefer_sleeping_cpu_workers
+
+    prefer_sleeping_cpu_workers()  # before build_ui imports torch
     from vitdemo.ui.app import build_ui
 
     # Hosts that launch `demo` themselves may turn server-side rendering on through this

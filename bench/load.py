@@ -122,10 +122,21 @@ def _free_port() -> int:
     return free_port()
 
 
+@dataclass
+class Server:
+    url: str
+    pid: int
+
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) the server process has used so far (Linux /proc)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.contextmanager
-def server(args: list[str], tmp: Path, name: str, start_timeout_s: float = 240.0) -> Iterator[str]:
+def server(args: list[str], tmp: Path, name: str, start_timeout_s: float = 240.0) -> Iterator[Server]:
     """A server process on 127.0.0.1 (`python app.py` + args, or this file's trivial app);
-    yields its URL once it answers; stopped at the end."""
+    yields it once it answers; stopped at the end."""
     port = _free_port()
     log_path = tmp / f"{name}.log"
     env = {**os.environ, "VITDEMO_HOME": str(tmp / f"home-{name}"), "VITDEMO_HOST": "127.0.0.1"}
@@ -145,7 +156,7 @@ def server(args: list[str], tmp: Path, name: str, start_timeout_s: float = 240.0
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{name} did not answer in {start_timeout_s:.0f}s") from None
                 time.sleep(0.5)
-        yield url
+        yield Server(url, proc.pid)
     finally:
         proc.terminate()
         try:
@@ -226,6 +237,29 @@ def wave(clients: list[Any], users: list[User], turns: int, deadline: float, tim
     return requests
 
 
+def settle(servers: list[Server], window_s: float = 0.5, quiet_cpu_s: float = 0.03, timeout_s: float = 30.0) -> None:
+    """Wait until no server is busy (each used under `quiet_cpu_s` of CPU in `window_s`), so
+    a wave never shares the cores with the other server's leftover work (e.g. the app
+    building session states ahead once a class has gone quiet)."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        before = [srv.cpu_s() for srv in servers]
+        time.sleep(window_s)
+        if all(srv.cpu_s() - b < quiet_cpu_s for srv, b in zip(servers, before)):
+            return
+    log.warning("servers still busy after %.0f s; measuring anyway", timeout_s)
+
+
+def timed_wave(srv: Server, clients: list[Any], users: list[User], deadline: float,
+               timeout_s: float) -> tuple[list[Request], dict[str, float]]:
+    """A two-turn wave, with the CPU seconds the server process and this (client) process
+    used during it: where the time of a wave goes, far less noisy than its latency."""
+    server_before, client_before = srv.cpu_s(), time.process_time()
+    requests = wave(clients, users, 2, deadline, timeout_s)
+    cpu = {"server": round(srv.cpu_s() - server_before, 2), "client": round(time.process_time() - client_before, 2)}
+    return requests, cpu
+
+
 def solo_latency(client: Any, user: User, n: int = 3) -> float:
     """Median time of one request with nothing else running."""
     from gradio_client import handle_file
@@ -287,21 +321,26 @@ def part_classroom(args: argparse.Namespace, tmp: Path, deadline: float, results
           flush=True)
     for n in args.classes:
         users, refs = users_all[:n], refs_all[:n]
-        with server([str(ROOT / "app.py")], tmp, f"app{n}") as app_url, \
-                server([__file__, "--serve-trivial"], tmp, f"trivial{n}") as floor_url:
-            app_clients = connect(app_url, n, args.timeout_s)
-            floor_clients = connect(floor_url, n, args.timeout_s)
+        with server([str(ROOT / "app.py")], tmp, f"app{n}") as app_server, \
+                server([__file__, "--serve-trivial"], tmp, f"trivial{n}") as floor_server:
+            app_clients = connect(app_server.url, n, args.timeout_s)
+            floor_clients = connect(floor_server.url, n, args.timeout_s)
             solo = solo_latency(app_clients[0], users[0])
             floor_solo = solo_latency(floor_clients[0], users[0])
             for rnd in range(1, args.rounds + 1):
                 if time.monotonic() > deadline:
                     break
-                floor = summarise(wave(floor_clients, users, 2, deadline, args.timeout_s), None, "floor")
-                app = summarise(wave(app_clients, users, 2, deadline, args.timeout_s), refs,
-                                f"classroom, class of {n}, round {rnd}")
+                settle([app_server, floor_server])
+                floor_requests, floor_cpu = timed_wave(floor_server, floor_clients, users, deadline, args.timeout_s)
+                floor = summarise(floor_requests, None, "floor")
+                settle([app_server, floor_server])
+                app_requests, app_cpu = timed_wave(app_server, app_clients, users, deadline, args.timeout_s)
+                app = summarise(app_requests, refs, f"classroom, class of {n}, round {rnd}")
                 app.update(solo_s=round(solo, 3), floor_p95_s=floor["p95_s"], floor_p50_s=floor["p50_s"],
                            floor_refused=floor["refused"], floor_solo_s=round(floor_solo, 3),
-                           p95_over_floor=round(app["p95_s"] / floor["p95_s"], 2) if floor["p95_s"] else None)
+                           p95_over_floor=round(app["p95_s"] / floor["p95_s"], 2) if floor["p95_s"] else None,
+                           server_cpu_s=app_cpu["server"], client_cpu_s=app_cpu["client"],
+                           floor_server_cpu_s=floor_cpu["server"], floor_client_cpu_s=floor_cpu["client"])
                 emit(results, app)
             if args.with_finetune and n == args.classes[0] and time.monotonic() < deadline:
                 proc = start_finetune(tmp / "home-ft", model)
@@ -341,15 +380,15 @@ def part_big(args: argparse.Namespace, tmp: Path, deadline: float, results: list
     refs = references(model, users, args.big_tokens, turns=1)
     print(f"big LLaVA: {n_params / 1e6:.1f}M parameters, {args.big_tokens} tokens per answer", flush=True)
     flags = [str(ROOT / "app.py"), "--model", model, "--max-new-tokens", str(args.big_tokens)]
-    with server(flags, tmp, "big") as url:
-        clients = connect(url, 30, args.timeout_s)
+    with server(flags, tmp, "big") as srv:
+        clients = connect(srv.url, 30, args.timeout_s)
         solo = solo_latency(clients[0], users[0])
         row = summarise(wave(clients[:16], users[:16], 1, deadline, args.timeout_s), refs, "big LLaVA, 16 users")
         row.update(solo_s=round(solo, 3), p95_over_solo=round(row["p95_s"] / solo, 2), n_params=n_params)
         emit(results, row)
         batched = summarise(wave(clients, users, 1, deadline, args.timeout_s), refs, "big LLaVA, 30 users")
-    with server([*flags, "--concurrency", "1"], tmp, "big-serial") as url:
-        clients = connect(url, 30, args.timeout_s)
+    with server([*flags, "--concurrency", "1"], tmp, "big-serial") as srv:
+        clients = connect(srv.url, 30, args.timeout_s)
         serial = summarise(wave(clients, users, 1, deadline, args.timeout_s), refs,
                            "big LLaVA, 30 users, serial server (--concurrency 1)")
     batched.update(serial_answers_per_s=serial["answers_per_s"], serial_p95_s=serial["p95_s"],

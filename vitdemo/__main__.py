@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    from vitdemo.serving.cpu_threads import prefer_sleeping_cpu_workers
+
+    prefer_sleeping_cpu_workers()  # before torch is imported (as app.py does)
     from vitdemo.config import Settings
     from vitdemo.ui.app import build_ui, launch
 
