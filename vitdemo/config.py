@@ -50,9 +50,11 @@ class Settings:
     # Requests waiting before new ones are refused (with how long to wait): a class of 100
     # has at most about 100 waiting at once; 256 leaves room (docs/reliability.md, bench/load.py).
     queue_size: int = 256
-    # Chat answers running at once: they go through the batching scheduler as one batch,
-    # so this matches its batch size (a class of 30 in one batch); other tools run one at a time.
-    concurrency: int = 32
+    # Chat requests in progress at once. Twice the scheduler's batch (32): while one batch
+    # generates, the next 32 requests are already read and processed, so the next batch
+    # starts full the moment the model frees up (docs/reliability.md, "Where a class's CPU
+    # goes"). Other tools run one at a time.
+    concurrency: int = 64
     job_ttl_hours: int = 168  # fine-tune jobs untouched this long are pruned (see jobs.prune_jobs); 0 = never
     max_sessions: int = 1000  # browser/API sessions whose state is kept; the least recently used go first
     # New-session states built ahead between classes (a class's first questions then skip
@@ -208,7 +210,7 @@ def add_arguments(parser: argparse.ArgumentParser, *, server: bool = True) -> No
     s.add_argument("--port", type=int, help="HTTP port (default 7860)")
     s.add_argument("--auth", help="require a login: 'user:password' or a file of user:password lines")
     s.add_argument("--queue-size", dest="queue_size", type=int, help="max waiting requests (default 256)")
-    s.add_argument("--concurrency", type=int, help="chat answers at once, batched together (default 32)")
+    s.add_argument("--concurrency", type=int, help="chat requests in progress at once, batched 32 at a time (default 64)")
     s.add_argument("--job-ttl-hours", type=int, help="prune fine-tune jobs untouched this long (default 168; 0 = never)")
     s.add_argument("--max-sessions", dest="max_sessions", type=int,
                    help="sessions whose state the server keeps; the least recently used go first (default 1000)")
