@@ -39,7 +39,7 @@ else:
 
     from vitdemo.serving.cpu_threads import prefer_sleeping_cpu_workers
 
-    prefer_sleeping_cpu_workers()  # before build_ui imports torch
+    prefer_sleeping_cpu_workers()  # before anything imports torch
     from vitdemo.ui.app import build_ui
 
     # Hosts that launch `demo` themselves may turn server-side rendering on through this

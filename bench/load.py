@@ -11,6 +11,9 @@ mix-up of images or histories shows; the distinct reference answers are counted 
 check can be seen to be able to fail). Beside it, in the same run, the same class against
 a trivial Gradio endpoint with the same inputs and the same queue settings: Gradio's own
 floor on this machine. Target: the app's p95 within 1.3x of the floor's, 0 refused.
+Each wave starts once both servers are idle, and its row also gives the CPU seconds the
+server process and this (client) process used during it (`server_cpu_s`, `client_cpu_s`,
+and the floor's), far steadier than latency on a shared machine.
 
 Part "big": a random-weight LLaVA of about 76M parameters built in code, every answer
 exactly --big-tokens tokens. 16 users at once: p95 against one answer asked alone (target
@@ -129,7 +132,11 @@ class Server:
 
     def cpu_s(self) -> float:
         """CPU seconds (user + system) the server process has used so far (Linux /proc)."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        try:
+            stat = Path(f"/proc/{self.pid}/stat").read_text()
+        except FileNotFoundError:
+            raise RuntimeError(f"the server (pid {self.pid}) has exited; see its log") from None
+        fields = stat.rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 

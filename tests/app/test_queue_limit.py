@@ -11,6 +11,7 @@ from typing import Any, Iterator
 import pytest
 
 from vitdemo.config import Settings
+from vitdemo.core.scheduler import SchedulerSettings
 from vitdemo.serving.waiting import AnswerTimes, busy_message, estimate_wait_s
 
 
@@ -46,6 +47,13 @@ def test_defaults_hold_a_class_of_100_and_batch_30() -> None:
     s = Settings()
     assert s.queue_size >= 200, "a class of 100 can have 100 requests waiting, twice with the page"
     assert s.concurrency >= 30, "a class of 30 must reach the batching scheduler together"
+    # The next batch is read and processed while one generates (docs/reliability.md).
+    assert s.concurrency == 2 * SchedulerSettings().max_batch_size
+
+
+def test_busy_message_says_how_many_run_at_once() -> None:
+    assert "(answers take about 2.0 s, up to 64 in progress at once)" in busy_message(256, 64, 2.0)
+    assert "(answers take about 4.0 s, one at a time)" in busy_message(1, 1, 4.0)
 
 
 # --- a real queue ------------------------------------------------------------------------------

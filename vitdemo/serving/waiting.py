@@ -32,8 +32,10 @@ class AnswerTimes:
 
 def estimate_wait_s(waiting: int, slots: int, answer_s: float | None) -> float | None:
     """Seconds until a request that joins now would start: `waiting` requests ahead of it,
-    drained `slots` at a time (the answers that run at once), each taking about `answer_s`
-    (Little's law: the queue drains at slots / answer_s answers per second)."""
+    drained `slots` at a time (the requests in progress at once), each taking about `answer_s`
+    (Little's law: the queue drains at slots / answer_s answers per second). `answer_s` is a
+    request's whole time in progress, its wait for a batch included, so more slots than the
+    batch holds do not shorten the estimate wrongly."""
     if answer_s is None:
         return None
     if slots < 1:
@@ -54,5 +56,6 @@ def busy_message(waiting: int, slots: int, answer_s: float | None) -> str:
     ahead = "1 request is waiting" if waiting == 1 else f"{waiting} requests are waiting"
     if wait is None:
         return f"The server is busy: {ahead} and none has finished yet. Please try again in a minute."
-    return (f"The server is busy: {ahead} (answers take about {answer_s:.1f} s, {slots} at a time). "
+    at_once = "one at a time" if slots == 1 else f"up to {slots} in progress at once"
+    return (f"The server is busy: {ahead} (answers take about {answer_s:.1f} s, {at_once}). "
             f"Please try again in about {_rounded(wait)}.")

@@ -27,7 +27,8 @@ from vitdemo.ui.chat import GENERATE_GROUP
 logger = logging.getLogger(__name__)
 
 # GENERATE_GROUP: the events that run the model through the batching scheduler;
-# `Settings.concurrency` of them run at once, so the scheduler can batch them.
+# `Settings.concurrency` of them are in progress at once (twice the scheduler's batch by
+# default, so the next batch is ready while one generates).
 # Every other queued event that does not set its own limit (the Attention capture, the
 # Learn tab's runs, Fine-tune checks): one at a time per event. These hold the model with
 # eager attention or walk a dataset; running two of the same at once only makes both wait.
