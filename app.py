@@ -8,7 +8,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vitdemo.config import Settings, add_arguments, setup_logging
+from vitdemo.serving.cpu_threads import prefer_sleeping_cpu_workers
+
+# Both ways in (run, or imported by Spaces) serve: torch's CPU workers must sleep between
+# operations, and that is read when torch loads, so set it before anything imports torch.
+prefer_sleeping_cpu_workers()
+
+from vitdemo.config import Settings, add_arguments, setup_logging  # noqa: E402
 
 
 def _settings(argv: list[str]) -> Settings:
@@ -21,9 +27,6 @@ def _settings(argv: list[str]) -> Settings:
 
 
 if __name__ == "__main__":
-    from vitdemo.serving.cpu_threads import prefer_sleeping_cpu_workers
-
-    prefer_sleeping_cpu_workers()  # before torch is imported: a class's requests need the cores
     from vitdemo.errors import VitdemoError
     from vitdemo.ui.app import build_ui, launch
 
@@ -37,9 +40,6 @@ else:
     # Imported by Spaces (or `gradio app.py`): settings from env vars only.
     import os
 
-    from vitdemo.serving.cpu_threads import prefer_sleeping_cpu_workers
-
-    prefer_sleeping_cpu_workers()  # before anything imports torch
     from vitdemo.ui.app import build_ui
 
     # Hosts that launch `demo` themselves may turn server-side rendering on through this
