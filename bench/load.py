@@ -14,6 +14,9 @@ floor on this machine. Target: the app's p95 within 1.3x of the floor's, 0 refus
 Each wave starts once both servers are idle, and its row also gives the CPU seconds the
 server process and this (client) process used during it (`server_cpu_s`, `client_cpu_s`,
 and the floor's), far steadier than latency on a shared machine.
+`--light-clients`: the same clients without gradio_client's per-request TLS set-up, which
+otherwise takes most of the two cores (see `connect`); the servers' own costs then weigh
+far more in the latencies.
 
 Part "big": a random-weight LLaVA of about 76M parameters built in code, every answer
 exactly --big-tokens tokens. 16 users at once: p95 against one answer asked alone (target
@@ -24,6 +27,7 @@ exactly --big-tokens tokens. 16 users at once: p95 against one answer asked alon
     .venv/bin/python bench/load.py --part classroom --classes 30 --rounds 2
     .venv/bin/python bench/load.py --part big --json runs/load_big.json
     .venv/bin/python bench/load.py --part classroom --classes 30 --with-finetune
+    .venv/bin/python bench/load.py --part classroom --light-clients
 
 Bounded: --deadline-s for the whole run, a timeout per request, servers on 127.0.0.1 only
 and stopped at the end.
@@ -34,9 +38,11 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
+import functools
 import json
 import logging
 import os
+import ssl
 import statistics
 import subprocess
 import sys
@@ -199,12 +205,31 @@ def serve_trivial(port: int) -> None:
 
 # --- clients --------------------------------------------------------------------------------
 
-def connect(url: str, n: int, timeout_s: float) -> list[Any]:
-    """n gradio_client Clients (each reads the app's config once), connected 8 at a time."""
+@functools.cache
+def _shared_tls_context() -> ssl.SSLContext:
+    """One TLS context (with the certificates httpx loads by default) for every client."""
+    import certifi
+
+    return ssl.create_default_context(cafile=certifi.where())
+
+
+def connect(url: str, n: int, timeout_s: float, light: bool = False) -> list[Any]:
+    """n gradio_client Clients (each reads the app's config once), connected 8 at a time.
+
+    `light`: the clients share one TLS context. By default gradio_client opens a new httpx
+    connection for each upload, submit and stream, and httpx builds a new TLS context for
+    each, even for plain http: about 21 ms of CPU each. A wave of 100 then costs this process
+    20-30 CPU-s instead of 2-4, on the cores the measured servers also use. Real students pay that on their own
+    devices, so light clients leave the servers' costs far more visible (docs/reliability.md)."""
     from gradio_client import Client
 
+    verify: Any = _shared_tls_context() if light else True
+
+    def one(_: int) -> Any:  # gradio_client hands ssl_verify on to httpx as `verify`
+        return Client(url, verbose=False, ssl_verify=verify, httpx_kwargs={"timeout": timeout_s})
+
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        return list(pool.map(lambda _: Client(url, verbose=False, httpx_kwargs={"timeout": timeout_s}), range(n)))
+        return list(pool.map(one, range(n)))
 
 
 def wave(clients: list[Any], users: list[User], turns: int, deadline: float, timeout_s: float) -> list[Request]:
@@ -330,8 +355,8 @@ def part_classroom(args: argparse.Namespace, tmp: Path, deadline: float, results
         users, refs = users_all[:n], refs_all[:n]
         with server([str(ROOT / "app.py")], tmp, f"app{n}") as app_server, \
                 server([__file__, "--serve-trivial"], tmp, f"trivial{n}") as floor_server:
-            app_clients = connect(app_server.url, n, args.timeout_s)
-            floor_clients = connect(floor_server.url, n, args.timeout_s)
+            app_clients = connect(app_server.url, n, args.timeout_s, args.light_clients)
+            floor_clients = connect(floor_server.url, n, args.timeout_s, args.light_clients)
             solo = solo_latency(app_clients[0], users[0])
             floor_solo = solo_latency(floor_clients[0], users[0])
             for rnd in range(1, args.rounds + 1):
@@ -388,14 +413,14 @@ def part_big(args: argparse.Namespace, tmp: Path, deadline: float, results: list
     print(f"big LLaVA: {n_params / 1e6:.1f}M parameters, {args.big_tokens} tokens per answer", flush=True)
     flags = [str(ROOT / "app.py"), "--model", model, "--max-new-tokens", str(args.big_tokens)]
     with server(flags, tmp, "big") as srv:
-        clients = connect(srv.url, 30, args.timeout_s)
+        clients = connect(srv.url, 30, args.timeout_s, args.light_clients)
         solo = solo_latency(clients[0], users[0])
         row = summarise(wave(clients[:16], users[:16], 1, deadline, args.timeout_s), refs, "big LLaVA, 16 users")
         row.update(solo_s=round(solo, 3), p95_over_solo=round(row["p95_s"] / solo, 2), n_params=n_params)
         emit(results, row)
         batched = summarise(wave(clients, users, 1, deadline, args.timeout_s), refs, "big LLaVA, 30 users")
     with server([*flags, "--concurrency", "1"], tmp, "big-serial") as srv:
-        clients = connect(srv.url, 30, args.timeout_s)
+        clients = connect(srv.url, 30, args.timeout_s, args.light_clients)
         serial = summarise(wave(clients, users, 1, deadline, args.timeout_s), refs,
                            "big LLaVA, 30 users, serial server (--concurrency 1)")
     batched.update(serial_answers_per_s=serial["answers_per_s"], serial_p95_s=serial["p95_s"],
@@ -444,6 +469,8 @@ def main() -> int:
     parser.add_argument("--timeout-s", type=float, default=300.0, help="per request")
     parser.add_argument("--deadline-s", type=float, default=1800.0, help="whole run")
     parser.add_argument("--with-finetune", action="store_true", help="one more wave while a fine-tune trains")
+    parser.add_argument("--light-clients", action="store_true",
+                        help="clients share one TLS context: far less client CPU on the shared cores (see connect)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--serve-trivial", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -459,7 +486,8 @@ def main() -> int:
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     dirty = not os.environ.get("BENCH_COMMIT") and bool(subprocess.run(
         ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout.strip())
-    print(f"commit {commit}{' + uncommitted changes' if dirty else ''}", flush=True)
+    print(f"commit {commit}{' + uncommitted changes' if dirty else ''}"
+          f"{', light clients' if args.light_clients else ''}", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="vitdemo-load-"))
     results: list[dict[str, Any]] = []
     if args.part in ("all", "classroom"):
@@ -471,7 +499,8 @@ def main() -> int:
         print(f"{'PASS' if ok else 'FAIL'}  {text}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"commit": commit, "dirty": dirty, "results": results}, indent=1))
+        args.json.write_text(json.dumps({"commit": commit, "dirty": dirty, "light_clients": args.light_clients,
+                                          "results": results}, indent=1))
     return 0 if checks and all(ok for _, ok in checks) else 1
 
 
