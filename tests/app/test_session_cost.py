@@ -84,3 +84,22 @@ def test_new_sessions_take_states_built_ahead_and_stay_apart() -> None:
         demo.close()
     pool.thread.join(timeout=15)
     assert not pool.thread.is_alive()  # a closed app's pool stops (and lets the app go)
+
+
+def test_states_are_built_only_once_the_queue_has_been_quiet_for_a_while() -> None:
+    """A class's follow-ups leave the queue empty for a moment between answers: no build then."""
+    from vitdemo.ui.session_cost import ReadySessions
+
+    with gr.Blocks() as demo:  # never launched: the pool's thread sees no running app and stops
+        gr.Textbox()
+    pool = ReadySessions(demo, size=0, idle_s=1.0)
+    pool.thread.join(timeout=15)
+    assert pool._wait_before_build(100.0, queue_busy=True) > 0  # requests running: wait
+    assert pool._wait_before_build(100.1, queue_busy=False) > 0  # a gap between two answers: still wait
+    assert pool._wait_before_build(100.9, queue_busy=False) > 0
+    assert pool._wait_before_build(101.1, queue_busy=False) == 0  # quiet for idle_s: build
+    pool.last_take = 101.5  # a session opened (took a ready state): wait again
+    assert pool._wait_before_build(102.0, queue_busy=False) > 0
+    assert pool._wait_before_build(102.6, queue_busy=False) == 0
+    assert 0 < pool._wait_before_build(104.0, queue_busy=True) <= 0.2  # naps short: a new burst is seen soon
+    assert 0 < pool._wait_before_build(104.1, queue_busy=False) <= 0.2

@@ -61,6 +61,7 @@ class ReadySessions:
         self.size, self.idle_s = size, idle_s
         self.ready: collections.deque = collections.deque()
         self.last_take = 0.0
+        self.last_busy = 0.0  # when requests were last seen running or waiting
         self.wanted = threading.Event()
         self.wanted.set()
         self.built = 0
@@ -89,16 +90,27 @@ class ReadySessions:
                 continue
             self.wanted.clear()
             while len(self.ready) < self.size:
-                if self._running_demo() is None:
+                demo = self._running_demo()
+                if demo is None:
                     return
-                quiet_for = time.monotonic() - self.last_take
-                if quiet_for < self.idle_s:  # sessions are opening now: build after the burst
-                    time.sleep(self.idle_s - quiet_for)
-                    continue
-                if _queue_busy(self._running_demo()):  # requests are running or waiting: not now
-                    time.sleep(0.2)
+                wait_s = self._wait_before_build(time.monotonic(), _queue_busy(demo))
+                if wait_s > 0:
+                    time.sleep(wait_s)
                     continue
                 self._build_one()
+
+    def _wait_before_build(self, now: float, queue_busy: bool) -> float:
+        """Seconds to wait before building the next state (0: build now).
+
+        Building holds the interpreter for some ms, so it waits until sessions have stopped
+        opening and the queue has been quiet for `idle_s`: a class's follow-up questions
+        leave the queue empty for a moment between two answers, and a state built then
+        delays the next questions."""
+        if queue_busy:
+            self.last_busy = now
+        quiet_for = now - max(self.last_take, self.last_busy)
+        # Short naps: the queue is looked at again (and a new burst noticed) every 0.2 s at most.
+        return min(self.idle_s - quiet_for, 0.2) if quiet_for < self.idle_s else 0.0
 
     def _build_one(self) -> None:
         demo = self._running_demo()
