@@ -93,3 +93,14 @@ def test_attend_bad_input_gives_a_clear_message(url: str, red: str, tmp_path: Pa
     else:
         assert "image" in message.lower(), message
     assert client.predict(handle_file(red), "What is red?", api_name="/attend")["tokens"]  # still serving
+
+
+def test_chat_streams_the_answer_growing_and_sends_the_whole_answer_once(url: str, red: str) -> None:
+    from gradio_client import Client, handle_file
+
+    job = Client(url, verbose=False).submit(handle_file(red), "What is red?", None, api_name="/chat")
+    answer = job.result(timeout=120)
+    values = job.outputs()
+    assert answer and values[-1] == answer == answer.strip()
+    assert all(later.startswith(earlier.strip()) for earlier, later in zip(values, values[1:]))
+    assert len(values) == len(set(values))  # no message repeats the one before (each costs the server)

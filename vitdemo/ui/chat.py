@@ -198,10 +198,12 @@ def _api_endpoint(engine: Engine, settings: Settings) -> None:
                                        max_images=settings.max_images_per_message,
                                        max_pixels=settings.max_image_pixels)
             gen = GenerationSettings(max_new_tokens=settings.max_new_tokens)
-            answer = ""
+            answer, sent = "", None
             for answer in state.stream_reply(engine, gen):
                 yield answer
-            yield answer.strip()
+                sent = answer
+            if answer.strip() != sent:  # the whole answer, once: every message costs the server
+                yield answer.strip()
         except (VitdemoError, json.JSONDecodeError) as err:
             raise gr.Error(str(err), print_exception=False) from None
 
