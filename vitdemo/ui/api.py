@@ -23,8 +23,12 @@ PUBLIC_ENDPOINTS = ("chat", "attend")  # api_name of each documented endpoint
 ATTEND_MAX_NEW_TOKENS = 64  # the Attention tab's default answer length (capped by --max-new-tokens)
 
 
-def create_attend_endpoint(engine: Engine, settings: Settings, concurrency_id: str) -> None:
-    """`/attend`: (image file, question) -> JSON like `python -m vitdemo attend --json`."""
+def create_attend_endpoint(engine: Engine, settings: Settings) -> None:
+    """`/attend`: (image file, question) -> JSON like `python -m vitdemo attend --json`.
+
+    One at a time (the queue's default for model tools), like the Attention tab: it holds
+    the model with eager attention, so callers wait in the queue, which tells them their
+    place, not on the model lock with a chat slot each."""
 
     def attend(image: str | None, question: str) -> dict[str, Any]:
         """Answer `question` about `image`; return the answer, its tokens, the image-token
@@ -43,8 +47,7 @@ def create_attend_endpoint(engine: Engine, settings: Settings, concurrency_id: s
         question = gr.Textbox(label="question")
         result = gr.JSON(label="result")
         button = gr.Button("attend")
-    button.click(attend, [image, question], result, api_name="attend",
-                 concurrency_limit=settings.concurrency, concurrency_id=concurrency_id)
+    button.click(attend, [image, question], result, api_name="attend")
 
 
 def restrict_api(demo: gr.Blocks, public: tuple[str, ...] = PUBLIC_ENDPOINTS) -> None:

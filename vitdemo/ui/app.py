@@ -28,7 +28,7 @@ from vitdemo.core.fallback import FALLBACK_DIRNAME  # noqa: E402
 from vitdemo.serving.warmup import warm_up  # noqa: E402
 from vitdemo.ui import adapter_choice, api  # noqa: E402
 from vitdemo.ui.attention import create_attention_tab  # noqa: E402
-from vitdemo.ui.chat import GENERATE_GROUP, create_chat_tab  # noqa: E402
+from vitdemo.ui.chat import create_chat_tab  # noqa: E402
 from vitdemo.ui import identity  # noqa: E402
 from vitdemo.ui.finetune import create_finetune_tab  # noqa: E402
 from vitdemo.ui.learn import create_learn_tab  # noqa: E402
@@ -93,7 +93,7 @@ def build_ui(settings: Settings | None = None, engine: Engine | None = None, *,
             create_finetune_tab(engine, settings, adapter_state, session)
         with gr.Tab("Learn"):
             create_learn_tab(engine, settings, session)
-        api.create_attend_endpoint(engine, settings, GENERATE_GROUP)  # /chat: the Chat tab's
+        api.create_attend_endpoint(engine, settings)  # /chat: the Chat tab's
         if not ready:
             demo.load(lambda: _header(engine), None, header, queue=False, show_progress="hidden")
     api.restrict_api(demo)  # only the documented endpoints are on the API page
