@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gc
-
 import gradio as gr
 from gradio.state_holder import SessionState
 
@@ -66,9 +64,6 @@ def test_new_sessions_take_states_built_ahead_and_stay_apart() -> None:
             time.sleep(0.05)
         ahead = list(pool.ready)
         assert len(ahead) == 3
-        # Filled: the states (and everything alive) are out of the collector's full passes.
-        assert pool.frozen > 0 and gc.get_freeze_count() > 0
-        assert not any(o is ahead[0].config_values for o in gc.get_objects())
         expected = SessionState(demo).config_values
 
         alice, bob = (Client(demo.local_url, verbose=False) for _ in range(2))
@@ -89,7 +84,6 @@ def test_new_sessions_take_states_built_ahead_and_stay_apart() -> None:
         demo.close()
     pool.thread.join(timeout=15)
     assert not pool.thread.is_alive()  # a closed app's pool stops (and lets the app go)
-    assert gc.get_freeze_count() == 0  # and its objects may be collected again
 
 
 def test_states_are_built_only_once_the_queue_has_been_quiet_for_a_while() -> None:

@@ -12,14 +12,11 @@ about half the cost. Nothing else in Gradio changes.
 
 Even so a new session costs a few ms of the event loop, so `keep_sessions_ready` also builds
 session states ahead, while no session is opening, and a new session takes one of those.
-Those states are many objects; after each fill they are frozen out of the garbage
-collector's full passes (vitdemo/serving/gc_pauses.py).
 """
 
 from __future__ import annotations
 
 import collections
-import gc
 import inspect
 import logging
 import threading
@@ -28,8 +25,6 @@ import weakref
 from typing import Any
 
 from gradio.state_holder import SessionState, StateHolder
-
-from vitdemo.serving.gc_pauses import freeze_long_lived, thaw_and_collect
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +65,6 @@ class ReadySessions:
         self.wanted = threading.Event()
         self.wanted.set()
         self.built = 0
-        self.frozen = 0  # objects exempted from collections after the last fill
         self.thread = threading.Thread(target=self._fill, name="vitdemo-ready-sessions", daemon=True)
         self.thread.start()
 
@@ -88,13 +82,6 @@ class ReadySessions:
         return demo if demo is not None and getattr(demo, "is_running", False) else None
 
     def _fill(self) -> None:
-        try:
-            self._fill_while_running()
-        finally:
-            if self.frozen:  # the app closed: its objects (and the states) may be collected again
-                gc.unfreeze()
-
-    def _fill_while_running(self) -> None:
         while True:
             self.wanted.wait(timeout=5.0)  # wakes now and then to notice a closed app
             if self._running_demo() is None:
@@ -102,7 +89,6 @@ class ReadySessions:
             if not self.wanted.is_set():
                 continue
             self.wanted.clear()
-            refilling = False
             while len(self.ready) < self.size:
                 demo = self._running_demo()
                 if demo is None:
@@ -111,13 +97,7 @@ class ReadySessions:
                 if wait_s > 0:
                     time.sleep(wait_s)
                     continue
-                if not refilling:  # idle now: the one full collection of this refill
-                    thaw_and_collect()
-                    refilling = True
                 self._build_one()
-            if refilling:
-                # The states (and the page, the model) live long: later collections skip them.
-                self.frozen = freeze_long_lived()
 
     def _wait_before_build(self, now: float, queue_busy: bool) -> float:
         """Seconds to wait before building the next state (0: build now).
