@@ -219,7 +219,7 @@ def connect(url: str, n: int, timeout_s: float, light: bool = False) -> list[Any
     `light`: the clients share one TLS context. By default gradio_client opens a new httpx
     connection for each upload, submit and stream, and httpx builds a new TLS context for
     each, even for plain http: about 21 ms of CPU each. A wave of 100 then costs this process
-    20-30 CPU-s instead of 2-4, on the cores the measured servers also use. Real students pay that on their own
+    20-37 CPU-s instead of 1.3-7.4, on the cores the measured servers also use. Real students pay that on their own
     devices, so light clients leave the servers' costs far more visible (docs/reliability.md)."""
     from gradio_client import Client
 

@@ -145,7 +145,7 @@ def test_the_app_wires_its_events_with_the_limits(tiny_llava_dir: Any, tmp_path:
     # waiting in the queue (which shows its place), not with a chat slot each on the lock.
     attend = next(fn for fn in demo.fns.values() if fn.api_name == "attend")
     assert attend.concurrency_id != GENERATE_GROUP
-    assert attend.concurrency_limit in ("default", None, TOOL_CONCURRENCY), attend.concurrency_limit
+    assert attend.concurrency_limit in ("default", TOOL_CONCURRENCY), attend.concurrency_limit  # None: no limit
     assert demo._queue.default_concurrency_limit == TOOL_CONCURRENCY  # the tabs' model events
     assert demo._queue.max_size is None  # the limit is ours, with its message
     assert launch_kwargs(settings)["max_threads"] >= settings.concurrency + 40

@@ -93,7 +93,7 @@ def build_ui(settings: Settings | None = None, engine: Engine | None = None, *,
             create_finetune_tab(engine, settings, adapter_state, session)
         with gr.Tab("Learn"):
             create_learn_tab(engine, settings, session)
-        api.create_attend_endpoint(engine, settings)  # /chat: the Chat tab's
+        api.create_attend_endpoint(engine, settings)  # /chat is wired by the Chat tab
         if not ready:
             demo.load(lambda: _header(engine), None, header, queue=False, show_progress="hidden")
     api.restrict_api(demo)  # only the documented endpoints are on the API page

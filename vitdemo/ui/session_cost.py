@@ -141,7 +141,7 @@ def _queue_busy(demo: Any) -> bool:
 
 def keep_sessions_ready(demo: Any, size: int, idle_s: float = 2.0) -> ReadySessions | None:
     """After launch: new sessions take a state built ahead (up to `size` kept ready, built
-    once no session has opened for `idle_s`)."""
+    once no session has opened and the queue has been quiet for `idle_s`)."""
     holder = getattr(demo, "state_holder", None)
     # Before launch the server's own holder does not exist yet; a subclass is not the holder this was written for.
     if size <= 0 or not getattr(demo, "is_running", False) or type(holder) is not StateHolder:
