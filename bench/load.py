@@ -137,13 +137,14 @@ class Server:
     pid: int
 
     def cpu_s(self) -> float:
-        """CPU seconds (user + system) the server process has used so far (Linux /proc)."""
+        """CPU seconds (user + system) the server process has used so far."""
+        import psutil
+
         try:
-            stat = Path(f"/proc/{self.pid}/stat").read_text()
-        except FileNotFoundError:
+            times = psutil.Process(self.pid).cpu_times()
+        except psutil.NoSuchProcess:
             raise RuntimeError(f"the server (pid {self.pid}) has exited; see its log") from None
-        fields = stat.rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return times.user + times.system
 
 
 @contextlib.contextmanager
@@ -219,8 +220,9 @@ def connect(url: str, n: int, timeout_s: float, light: bool = False) -> list[Any
     `light`: the clients share one TLS context. By default gradio_client opens a new httpx
     connection for each upload, submit and stream, and httpx builds a new TLS context for
     each, even for plain http: about 21 ms of CPU each. A wave of 100 then costs this process
-    20-37 CPU-s instead of 1.3-7.4, on the cores the measured servers also use. Real students pay that on their own
-    devices, so light clients leave the servers' costs far more visible (docs/reliability.md)."""
+    20-37 CPU-s instead of 1.3-7.4, on the cores the measured servers also use. Real students
+    pay that on their own devices, so light clients leave the servers' costs far more visible
+    (docs/reliability.md)."""
     from gradio_client import Client
 
     verify: Any = _shared_tls_context() if light else True

@@ -198,11 +198,10 @@ def _api_endpoint(engine: Engine, settings: Settings) -> None:
                                        max_images=settings.max_images_per_message,
                                        max_pixels=settings.max_image_pixels)
             gen = GenerationSettings(max_new_tokens=settings.max_new_tokens)
-            answer, sent = "", None
+            answer = ""
             for answer in state.stream_reply(engine, gen):
                 yield answer
-                sent = answer
-            if answer.strip() != sent:  # the whole answer, once: every message costs the server
+            if not answer or answer != answer.strip():  # the whole answer, once: each message costs the server
                 yield answer.strip()
         except (VitdemoError, json.JSONDecodeError) as err:
             raise gr.Error(str(err), print_exception=False) from None
