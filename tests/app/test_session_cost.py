@@ -74,7 +74,7 @@ def test_new_sessions_take_states_built_ahead_and_stay_apart() -> None:
         assert len(taken) == 2  # both sessions started from states built ahead
         assert taken[0] is not taken[1]
         fresh = [s for s in taken if all(v is not s for v in pool.ready)]
-        assert len(fresh) == 2 and all(s.config_values.keys() == expected.keys() for s in taken)
+        assert len(fresh) == 2 and all(dict(s.config_values) == expected for s in pool.ready)
 
         deadline = time.monotonic() + 30  # refilled once sessions stop opening
         while len(pool.ready) < 3 and time.monotonic() < deadline:
@@ -103,3 +103,37 @@ def test_states_are_built_only_once_the_queue_has_been_quiet_for_a_while() -> No
     assert pool._wait_before_build(102.6, queue_busy=False) == 0
     assert 0 < pool._wait_before_build(104.0, queue_busy=True) <= 0.2  # naps short: a new burst is seen soon
     assert 0 < pool._wait_before_build(104.1, queue_busy=False) <= 0.2
+
+
+def test_states_built_ahead_share_the_page_config_until_a_session_changes_its_own() -> None:
+    """A state built ahead equals Gradio's own and costs a few objects, not a copy of every
+    block's config; an output's new value (Gradio edits the session's config in place)
+    reaches that session only."""
+    import gc
+
+    from vitdemo.ui.session_cost import _state_like
+
+    with gr.Blocks() as demo:  # a page of some size, as the app's ~270 blocks
+        boxes = [gr.Textbox(label=f"box {i}", info="a box") for i in range(30)]
+        out = gr.Textbox(label="answer")
+        gr.Button("Ask").click(lambda *xs: " ".join(xs), boxes, out)
+    template, gradios = SessionState(demo), SessionState(demo)
+    alice, bob = _state_like(template, demo), _state_like(template, demo)
+    assert dict(alice.config_values) == gradios.config_values
+    assert alice.blocks_config is not bob.blocks_config and alice.state_data is not bob.state_data
+
+    key = next(k for k, v in gradios.config_values.items() if v.get("props", {}).get("label") == "answer")
+    alice._update_value_in_config(key, "Alice's answer")
+    assert alice.config_values[key]["props"]["value"] == "Alice's answer"
+    assert bob.config_values[key]["props"].get("value") != "Alice's answer"
+    assert template.config_values[key]["props"].get("value") != "Alice's answer"
+    assert [c for c in bob.components] == [c for c in gradios.components]  # the deep-link view
+
+    def tracked(make) -> int:
+        gc.collect()
+        before = len(gc.get_objects())
+        keep = [make() for _ in range(10)]
+        gc.collect()
+        return (len(gc.get_objects()) - before) // len(keep)
+
+    assert tracked(lambda: _state_like(template, demo)) * 5 < tracked(lambda: SessionState(demo))

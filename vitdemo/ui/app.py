@@ -26,6 +26,7 @@ from vitdemo.errors import InputError, VitdemoError  # noqa: E402
 from vitdemo.paths import short_model_name  # noqa: E402
 from vitdemo.core.fallback import FALLBACK_DIRNAME  # noqa: E402
 from vitdemo.serving.warmup import warm_up  # noqa: E402
+from vitdemo.serving.long_lived import freeze_start_up_objects  # noqa: E402
 from vitdemo.ui import adapter_choice, api  # noqa: E402
 from vitdemo.ui.attention import create_attention_tab  # noqa: E402
 from vitdemo.ui.chat import create_chat_tab  # noqa: E402
@@ -150,6 +151,7 @@ def launch(demo: gr.Blocks, settings: Settings, **overrides: Any) -> Any:
             raise
         logger.info("model ready: %s", engine.describe())
         warm_up(engine)  # before the first class asks, not during its first wave
+        freeze_start_up_objects()  # this process is the server: its start-up objects live as long
     # after the model load and warm-up, which they would slow down; never more than are kept
     keep_sessions_ready(demo, min(settings.ready_sessions, settings.max_sessions))
     if blocking:
