@@ -57,10 +57,6 @@ class Settings:
     concurrency: int = 64
     job_ttl_hours: int = 168  # fine-tune jobs untouched this long are pruned (see jobs.prune_jobs); 0 = never
     max_sessions: int = 1000  # browser/API sessions whose state is kept; the least recently used go first
-    # New-session states built ahead between classes (a class's first questions then skip
-    # building ~270 component configs each on the event loop; docs/reliability.md): a class
-    # of 100 with room to spare, ~0.43 MB each (55 MB); 0 = off.
-    ready_sessions: int = 128
     max_loaded_adapters: int = 8  # LoRA adapters kept in memory; loading one more unloads the least recently used
     # --- limits on what one user can ask for ---
     max_new_tokens: int = 256  # default answer length in the settings panel
@@ -92,8 +88,6 @@ class Settings:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise InputError(f"{name}={value!r} must be a positive integer")
-        if not isinstance(self.ready_sessions, int) or self.ready_sessions < 0:
-            raise InputError(f"ready_sessions={self.ready_sessions!r} must be 0 (off) or more")
         if not isinstance(self.job_ttl_hours, int) or self.job_ttl_hours < 0:
             raise InputError(f"job_ttl_hours={self.job_ttl_hours!r} must be 0 (keep jobs forever) or more hours")
         if self.max_new_tokens > self.max_new_tokens_cap:
@@ -214,8 +208,6 @@ def add_arguments(parser: argparse.ArgumentParser, *, server: bool = True) -> No
     s.add_argument("--job-ttl-hours", type=int, help="prune fine-tune jobs untouched this long (default 168; 0 = never)")
     s.add_argument("--max-sessions", dest="max_sessions", type=int,
                    help="sessions whose state the server keeps; the least recently used go first (default 1000)")
-    s.add_argument("--ready-sessions", dest="ready_sessions", type=int,
-                   help="new-session states built ahead while idle, for a class arriving at once (default 128; 0 = off)")
     s.add_argument("--max-loaded-adapters", dest="max_loaded_adapters", type=int,
                    help="fine-tuned adapters kept in memory; the least recently used are unloaded (default 8)")
     s.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, help="default answer length (default 256)")

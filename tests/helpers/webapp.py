@@ -18,13 +18,8 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def serve(settings: Any, engine: Any = None) -> Iterator[str]:
-    """build_ui(settings, engine) served on settings.port; yields the page URL. A few session
-    states are built ahead, not the default 128 (tests/app/test_session_cost.py tests the pool)."""
-    import dataclasses
-
+    """build_ui(settings, engine) served on settings.port; yields the page URL."""
     from vitdemo.ui.app import build_ui, launch
-
-    settings = dataclasses.replace(settings, ready_sessions=min(settings.ready_sessions, 4))
 
     demo = build_ui(settings, engine)
     launch(demo, settings, prevent_thread_lock=True, quiet=True)

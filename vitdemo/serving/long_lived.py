@@ -9,8 +9,10 @@ answer of that wave (docs/reliability.md). They live as long as the process, so
 
 Objects made later (sessions, requests, adapters, fine-tune jobs) are collected as
 before. A frozen object that dies later is still freed by reference counting; only one
-that dies inside a reference cycle stays. `gc.freeze` acts on the whole process, so only
-a blocking server launch calls this, never a test or a notebook that builds the app.
+that dies inside a reference cycle stays: once, for what was alive at the freeze besides
+the start-up objects (sessions and requests that arrived while the model loaded), which
+is bounded. `gc.freeze` acts on the whole process, so only a blocking server launch calls
+this, never a test or a notebook that builds the app.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ from vitdemo.ui.learn import create_learn_tab  # noqa: E402
 from vitdemo.serving.join import join_url  # noqa: E402
 from vitdemo.ui.join import create_join_panel  # noqa: E402
 from vitdemo.ui.queue_limit import configure_queue  # noqa: E402
-from vitdemo.ui.session_cost import cache_init_signatures, keep_sessions_ready  # noqa: E402
+from vitdemo.ui.session_cost import cache_init_signatures, share_session_configs  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def build_ui(settings: Settings | None = None, engine: Engine | None = None, *,
         if not ready:
             demo.load(lambda: _header(engine), None, header, queue=False, show_progress="hidden")
     api.restrict_api(demo)  # only the documented endpoints are on the API page
-    cache_init_signatures(demo)  # halves the cost of each new session's first event
+    cache_init_signatures(demo)  # halves the cost of each block config Gradio builds
     demo.vitdemo_answer_times = configure_queue(demo, settings)  # type: ignore[attr-defined]
     demo.vitdemo_engine = engine  # type: ignore[attr-defined]  # for tests and tabs
     return demo
@@ -141,6 +141,7 @@ def launch(demo: gr.Blocks, settings: Settings, **overrides: Any) -> Any:
     # Serve at once, but a model that cannot load still ends a blocking start with its error.
     wait_for_model = blocking and engine is not None and not engine.is_loaded
     result = demo.launch(**{**kwargs, "prevent_thread_lock": True})
+    share_session_configs(demo)  # a new session costs ~0.01 ms instead of ~12 ms of the event loop
     if engine is not None:
         engine.start_loading()
     if wait_for_model:
@@ -151,9 +152,7 @@ def launch(demo: gr.Blocks, settings: Settings, **overrides: Any) -> Any:
             raise
         logger.info("model ready: %s", engine.describe())
         warm_up(engine)  # before the first class asks, not during its first wave
-        freeze_start_up_objects()  # this process is the server: its start-up objects live as long
-    # after the model load and warm-up, which they would slow down; never more than are kept
-    keep_sessions_ready(demo, min(settings.ready_sessions, settings.max_sessions))
-    if blocking:
+    if blocking:  # this process is the server: what it has built by now lives as long as it does
+        freeze_start_up_objects()
         demo.block_thread()
     return result
