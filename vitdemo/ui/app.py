@@ -112,8 +112,8 @@ def launch_kwargs(settings: Settings) -> dict[str, Any]:
         "auth": settings.auth_pairs or None,
         "ssr_mode": False,  # Gradio 6.27-6.32: auth bypass via a forged Host header with SSR on
         "max_file_size": f"{settings.max_upload_mb}mb",
-        # Every session (a browser tab, an API client) keeps a copy of the page's config and
-        # its states until evicted; the library's default of 10000 lets memory grow for days.
+        # Every session (a browser tab, an API client) keeps its states and its own copy of each
+        # block config it changed until evicted; the library's default of 10000 lets memory grow for days.
         "state_session_capacity": settings.max_sessions,
         "show_error": True,
         # A streaming answer holds a worker thread while it waits for its next token: room for
