@@ -273,8 +273,7 @@ def wave(clients: list[Any], users: list[User], turns: int, deadline: float, tim
 
 def settle(servers: list[Server], window_s: float = 0.5, quiet_cpu_s: float = 0.03, timeout_s: float = 30.0) -> None:
     """Wait until no server is busy (each used under `quiet_cpu_s` of CPU in `window_s`), so
-    a wave never shares the cores with the other server's leftover work (e.g. the app
-    building session states ahead once a class has gone quiet)."""
+    a wave never shares the cores with work the other server is still finishing."""
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:
         before = [srv.cpu_s() for srv in servers]

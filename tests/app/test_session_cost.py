@@ -4,6 +4,7 @@ as Gradio computes without it, and sessions share the page's block configs until
 from __future__ import annotations
 
 import gradio as gr
+import pytest
 from gradio.state_holder import SessionState
 
 from vitdemo.ui.session_cost import _SharedConfigs, _state_like, cache_init_signatures, share_session_configs
@@ -136,3 +137,6 @@ def test_no_dict_method_hands_a_shared_config_out_for_editing() -> None:
     configs |= {3: {"props": {}}}
     configs[3]["props"]["value"] = "x"
     assert shared == pristine
+
+    with pytest.raises(KeyError):  # as a dict's
+        _SharedConfigs({}).popitem()

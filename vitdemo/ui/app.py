@@ -141,7 +141,8 @@ def launch(demo: gr.Blocks, settings: Settings, **overrides: Any) -> Any:
     # Serve at once, but a model that cannot load still ends a blocking start with its error.
     wait_for_model = blocking and engine is not None and not engine.is_loaded
     result = demo.launch(**{**kwargs, "prevent_thread_lock": True})
-    share_session_configs(demo)  # a new session costs ~0.01 ms instead of ~12 ms of the event loop
+    if not share_session_configs(demo):  # a new session then costs ~0.01 ms instead of ~12 ms of the event loop
+        logger.debug("new sessions build their own block configs (Gradio's way)")
     if engine is not None:
         engine.start_loading()
     if wait_for_model:

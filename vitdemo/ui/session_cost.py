@@ -21,7 +21,8 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from gradio.state_holder import SessionState, StateHolder
 from gradio.utils import safe_deepcopy  # how Gradio itself copies a config
@@ -53,8 +54,9 @@ class _SharedConfigs(dict):
 
     Gradio 6 reads an entry to edit it in place (`SessionState._update_value_in_config`),
     replaces entries by assignment, and only iterates (`components`, the deep-link route,
-    which copies what it reads). Methods that could hand out a shared config copy it first;
-    `items()` and `values()` are views for reading only."""
+    which copies what it reads). Methods that could hand out a shared config copy it first
+    (`copy`, pickling and deep copies make every entry this session's own); `items()`,
+    `values()`, `dict(x)` and `{**x}` hand out shared ones, for reading only."""
 
     def __init__(self, configs: dict[int, dict]) -> None:
         super().__init__(configs)
@@ -89,6 +91,8 @@ class _SharedConfigs(dict):
         return value
 
     def popitem(self) -> tuple[int, Any]:
+        if not self:
+            raise KeyError("popitem(): dictionary is empty")
         key = next(reversed(self))
         return key, self.pop(key)
 
@@ -97,7 +101,7 @@ class _SharedConfigs(dict):
         self._own.add(key)
 
     def update(self, other: Any = (), **more: Any) -> None:
-        pairs: Iterable = other.items() if hasattr(other, "items") else other
+        pairs: Iterable = ((k, other[k]) for k in other.keys()) if hasattr(other, "keys") else other
         for key, value in [*pairs, *more.items()]:
             self[key] = value
 
@@ -115,7 +119,7 @@ class _SharedConfigs(dict):
     __copy__ = copy
 
     def __deepcopy__(self, memo: dict) -> dict:
-        return {key: safe_deepcopy(self[key]) for key in self}
+        return {key: safe_deepcopy(dict.__getitem__(self, key)) for key in self}  # copies; nothing becomes own
 
     def __reduce__(self) -> tuple:
         return dict, (self.copy(),)
@@ -150,8 +154,8 @@ def share_session_configs(demo: Any) -> bool:
         logger.info("this Gradio's session state has fields %s: new sessions build their own",
                     sorted(set(vars(template)) ^ _STATE_FIELDS))
         return False
+    holder.vitdemo_template = template  # type: ignore[attr-defined]  # before the switch: the server is running
     holder.__class__ = _SharedConfigStateHolder
-    holder.vitdemo_template = template  # type: ignore[attr-defined]
     return True
 
 
