@@ -14,6 +14,9 @@ floor on this machine. Target: the app's p95 within 1.3x of the floor's, 0 refus
 Each wave starts once both servers are idle, and its row also gives the CPU seconds the
 server process and this (client) process used during it (`server_cpu_s`, `client_cpu_s`,
 and the floor's), far steadier than latency on a shared machine.
+Part "floor" (not in "all"): the same sequence with a second trivial server in the app's
+place, to show how far this measurement moves between two identical servers on this
+machine (the spread of the p95 ratio that is noise, not the app's cost).
 `--light-clients`: the same clients without gradio_client's per-request TLS set-up, which
 otherwise takes most of the two cores (see `connect`); the servers' own costs then weigh
 far more in the latencies.
@@ -28,6 +31,7 @@ exactly --big-tokens tokens. 16 users at once: p95 against one answer asked alon
     .venv/bin/python bench/load.py --part big --json runs/load_big.json
     .venv/bin/python bench/load.py --part classroom --classes 30 --with-finetune
     .venv/bin/python bench/load.py --part classroom --light-clients
+    .venv/bin/python bench/load.py --part floor --light-clients    # floor against floor
 
 Bounded: --deadline-s for the whole run, a timeout per request, servers on 127.0.0.1 only
 and stopped at the end.
@@ -343,6 +347,34 @@ def emit(results: list[dict[str, Any]], row: dict[str, Any]) -> None:
 
 # --- the two parts --------------------------------------------------------------------------
 
+def paired_rounds(args: argparse.Namespace, n: int, floor_server: Server, measured: Server,
+                  users: list[User], refs: list[tuple[str, ...]] | None, label: str, deadline: float,
+                  results: list[dict[str, Any]]) -> list[Any]:
+    """--rounds waves of `users` against the floor, then the same against `measured`, each
+    wave once both servers are idle; one row per round with `measured`'s p95 over the
+    floor's. Returns the measured server's clients."""
+    measured_clients = connect(measured.url, n, args.timeout_s, args.light_clients)
+    floor_clients = connect(floor_server.url, n, args.timeout_s, args.light_clients)
+    solo = solo_latency(measured_clients[0], users[0])
+    floor_solo = solo_latency(floor_clients[0], users[0])
+    for rnd in range(1, args.rounds + 1):
+        if time.monotonic() > deadline:
+            break
+        settle([measured, floor_server])
+        floor_requests, floor_cpu = timed_wave(floor_server, floor_clients, users, deadline, args.timeout_s)
+        floor = summarise(floor_requests, None, "floor")
+        settle([measured, floor_server])
+        requests, cpu = timed_wave(measured, measured_clients, users, deadline, args.timeout_s)
+        row = summarise(requests, refs, f"{label}, class of {n}, round {rnd}")
+        row.update(solo_s=round(solo, 3), floor_p95_s=floor["p95_s"], floor_p50_s=floor["p50_s"],
+                   floor_refused=floor["refused"], floor_solo_s=round(floor_solo, 3),
+                   p95_over_floor=round(row["p95_s"] / floor["p95_s"], 2) if floor["p95_s"] else None,
+                   server_cpu_s=cpu["server"], client_cpu_s=cpu["client"],
+                   floor_server_cpu_s=floor_cpu["server"], floor_client_cpu_s=floor_cpu["client"])
+        emit(results, row)
+    return measured_clients
+
+
 def part_classroom(args: argparse.Namespace, tmp: Path, deadline: float, results: list[dict[str, Any]]) -> None:
     from vitdemo.config import Settings
 
@@ -356,25 +388,8 @@ def part_classroom(args: argparse.Namespace, tmp: Path, deadline: float, results
         users, refs = users_all[:n], refs_all[:n]
         with server([str(ROOT / "app.py")], tmp, f"app{n}") as app_server, \
                 server([__file__, "--serve-trivial"], tmp, f"trivial{n}") as floor_server:
-            app_clients = connect(app_server.url, n, args.timeout_s, args.light_clients)
-            floor_clients = connect(floor_server.url, n, args.timeout_s, args.light_clients)
-            solo = solo_latency(app_clients[0], users[0])
-            floor_solo = solo_latency(floor_clients[0], users[0])
-            for rnd in range(1, args.rounds + 1):
-                if time.monotonic() > deadline:
-                    break
-                settle([app_server, floor_server])
-                floor_requests, floor_cpu = timed_wave(floor_server, floor_clients, users, deadline, args.timeout_s)
-                floor = summarise(floor_requests, None, "floor")
-                settle([app_server, floor_server])
-                app_requests, app_cpu = timed_wave(app_server, app_clients, users, deadline, args.timeout_s)
-                app = summarise(app_requests, refs, f"classroom, class of {n}, round {rnd}")
-                app.update(solo_s=round(solo, 3), floor_p95_s=floor["p95_s"], floor_p50_s=floor["p50_s"],
-                           floor_refused=floor["refused"], floor_solo_s=round(floor_solo, 3),
-                           p95_over_floor=round(app["p95_s"] / floor["p95_s"], 2) if floor["p95_s"] else None,
-                           server_cpu_s=app_cpu["server"], client_cpu_s=app_cpu["client"],
-                           floor_server_cpu_s=floor_cpu["server"], floor_client_cpu_s=floor_cpu["client"])
-                emit(results, app)
+            app_clients = paired_rounds(args, n, floor_server, app_server, users, refs, "classroom", deadline,
+                                        results)
             if args.with_finetune and n == args.classes[0] and time.monotonic() < deadline:
                 proc = start_finetune(tmp / "home-ft", model)
                 try:
@@ -386,6 +401,18 @@ def part_classroom(args: argparse.Namespace, tmp: Path, deadline: float, results
                 finally:
                     proc.terminate()
                     proc.wait(timeout=60)
+
+
+def part_floor_spread(args: argparse.Namespace, tmp: Path, deadline: float, results: list[dict[str, Any]]) -> None:
+    """The classroom part with a second trivial server in the app's place: how far the
+    floor's p95 moves against itself, round to round, on this machine. A ratio this
+    measurement gives two identical servers is noise, not the app's cost."""
+    users_all = make_users(max(args.classes), tmp)
+    for n in args.classes:
+        with server([__file__, "--serve-trivial"], tmp, f"trivial-b{n}") as second, \
+                server([__file__, "--serve-trivial"], tmp, f"trivial{n}") as floor_server:
+            paired_rounds(args, n, floor_server, second, users_all[:n], None, "floor against floor", deadline,
+                          results)
 
 
 def build_big_llava(out: Path, tokens: int) -> tuple[str, int]:
@@ -463,7 +490,9 @@ def verdicts(results: list[dict[str, Any]]) -> list[tuple[str, bool]]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("all", "classroom", "big"), default="all")
+    parser.add_argument("--part", choices=("all", "classroom", "big", "floor"), default="all",
+                        help="floor: the classroom part with a second trivial server in the app's place "
+                             "(the measurement's own spread; not part of all)")
     parser.add_argument("--classes", type=int, nargs="+", default=[30, 100], help="class sizes (classroom part)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds in a row per class size")
     parser.add_argument("--big-tokens", type=int, default=32, help="answer length of the ~76M LLaVA")
@@ -495,6 +524,11 @@ def main() -> int:
         part_classroom(args, tmp, deadline, results)
     if args.part in ("all", "big") and time.monotonic() < deadline:
         part_big(args, tmp, deadline, results)
+    if args.part == "floor":
+        part_floor_spread(args, tmp, deadline, results)
+        spread = [r["p95_over_floor"] for r in results]
+        print(f"floor against floor: p95 ratio {min(spread, default=0)}-{max(spread, default=0)}x, "
+              f"{sum(x <= 1.3 for x in spread if x)} of {len(spread)} rounds within 1.3x")
     checks = verdicts(results)
     for text, ok in checks:
         print(f"{'PASS' if ok else 'FAIL'}  {text}")
@@ -502,6 +536,8 @@ def main() -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"commit": commit, "dirty": dirty, "light_clients": args.light_clients,
                                           "results": results}, indent=1))
+    if args.part == "floor":  # a measurement of noise: nothing to pass, but every request must succeed
+        return 0 if results and all(r["answered"] == r["requests"] for r in results) else 1
     return 0 if checks and all(ok for _, ok in checks) else 1
 
 
