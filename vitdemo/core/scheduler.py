@@ -12,8 +12,10 @@ the figures behind that choice).
 
 When several users are active (a request arrived while another was waiting or
 running, in the last `crowd_memory_s`), the dispatcher gathers for `gather_s` after
-the model frees up, so that requests arriving a moment apart share a batch. A user
-alone never waits for that window. A batch that has made at most `rejoin_steps` tokens
+the model frees up, so that requests arriving a moment apart share a batch, and for as
+long as requests that have announced themselves (`preparing`: their caller is still
+running the processor) are on their way, up to `prepare_wait_s`. A user alone never
+waits for either. A batch that has made at most `rejoin_steps` tokens
 restarts with the requests that arrived since it began when they are at least as many
 as its rows: the first student of a class starts at once, and the rest join at the next
 step instead of waiting for the whole answer. A restarted row repeats its tokens (the
@@ -55,6 +57,10 @@ class SchedulerSettings:
     gather_s: float = 0.03  # wait this long for more requests once the model is free, if crowded
     crowd_memory_s: float = 5.0  # "crowded" = two requests were open at once this recently
     idle_exit_s: float = 30.0  # the dispatcher thread exits after this long without requests
+    # While crowded, also wait (up to this long after the model frees up) for requests whose
+    # callers are still preparing them: a class whose processing the interpreter serialises
+    # otherwise leaves in two batches (e.g. 19 then 11), the second waiting for the first.
+    prepare_wait_s: float = 0.2
     # A young batch restarts with the requests that arrived since it began, if they are at
     # least as many as its rows and it has made at most this many tokens (wasted work stays
     # small; a burst of arrivals then shares one batch instead of waiting for the next).
@@ -165,11 +171,27 @@ class Scheduler:
         self.settings = settings or SchedulerSettings()
         self._cond = threading.Condition()
         self._pending: list[Row] = []
+        self._preparing = 0  # requests announced by `preparing` and not yet submitted
         self._running = False
         self._last_crowd = float("-inf")
         self._thread: threading.Thread | None = None
         self.batches = 0  # batches run (for tests and logs)
         self.last_batch_size = 0
+
+    @contextlib.contextmanager
+    def preparing(self) -> Iterator[None]:
+        """Around a caller's processing of a request it will submit: while crowded, the
+        dispatcher waits for it (up to `prepare_wait_s`) before it starts a batch."""
+        with self._cond:
+            self._preparing += 1
+            if self._pending or self._running or self._preparing > 1:
+                self._last_crowd = time.monotonic()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._preparing -= 1
+                self._cond.notify_all()
 
     def submit(self, row: Row) -> Row:
         """Queue `row` for the next batch; read its tokens with `row.tokens()`."""
@@ -235,16 +257,21 @@ class Scheduler:
             done.exception()  # wait; _run_batch reports its own errors to the rows
 
     def _gather(self) -> None:
-        """With the condition held: wait `gather_s` for more requests if users are crowding."""
+        """With the condition held: if users are crowding, wait `gather_s` for more requests,
+        and up to `prepare_wait_s` for requests still being prepared."""
         s = self.settings
         if len(self._pending) > 1:
             self._last_crowd = time.monotonic()
-        if time.monotonic() - self._last_crowd > s.crowd_memory_s or s.gather_s <= 0:
+        if time.monotonic() - self._last_crowd > s.crowd_memory_s or (s.gather_s <= 0 and s.prepare_wait_s <= 0):
             return
-        deadline = time.monotonic() + s.gather_s
+        start = time.monotonic()
         while len(self._pending) < s.max_batch_size:
-            left = deadline - time.monotonic()
-            if left <= 0:
+            waited = time.monotonic() - start
+            if self._preparing and waited < s.prepare_wait_s:
+                left = s.prepare_wait_s - waited
+            elif waited < s.gather_s:
+                left = s.gather_s - waited
+            else:
                 break
             self._cond.wait(left)
 
