@@ -1,5 +1,6 @@
 """The batching scheduler: batched answers equal solo answers, rows end on their own,
-per-row sampling and adapters, faults that hit one row, and fair turns with capture."""
+per-row sampling and adapters, faults that hit one row, fair turns with capture, and
+requests still being prepared joining the batch that starts."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from vitdemo.core.engine import KEEP, Engine
 from vitdemo.core.fair_lock import FairLock
 from vitdemo.core.loading import load_model
 from vitdemo.core.scheduler import Row
-from vitdemo.errors import GenerationError, ImageError
+from vitdemo.errors import GenerationError, ImageError, InputError
 from vitdemo.paths import REPO_ROOT
 
 CLASSROOM = REPO_ROOT / "assets" / "classroom"
@@ -359,3 +360,38 @@ def test_capture_gets_the_model_between_batches_while_users_keep_asking(llava: E
         for t in users:
             t.join(60)
     assert max(waits) < 60, waits  # one batch at most (seconds under load on 2 shared cores)
+
+
+def test_requests_still_being_prepared_join_the_batch_that_starts(llava: Engine) -> None:
+    """A class whose processing the interpreter serialises reaches the scheduler spread out:
+    requests announced with `preparing` join the batch that starts meanwhile (one batch of
+    4 here, where the first would otherwise leave alone), and a request refused while being
+    prepared does not leave the dispatcher waiting for it."""
+    scheduler = llava.scheduler
+    settings = scheduler.settings
+    saved = settings.prepare_wait_s, settings.rejoin_steps
+    settings.prepare_wait_s, settings.rejoin_steps = 5.0, 0  # only the wait may bring them together
+    rows = _rows(llava, _requests())
+    barrier = threading.Barrier(len(rows))
+
+    def ask(row: Row, delay_s: float) -> None:
+        barrier.wait()
+        with scheduler.preparing():
+            time.sleep(delay_s)  # the processor, slow under a class's load
+            scheduler.submit(row)
+
+    try:
+        before = scheduler.batches
+        threads = [threading.Thread(target=ask, args=(row, 0.0 if i == 0 else 0.3)) for i, row in enumerate(rows)]
+        for t in threads:
+            t.start()
+        answers = [_tokens(row) for row in rows]
+        for t in threads:
+            t.join(30)
+        assert scheduler.batches == before + 1 and scheduler.last_batch_size == len(rows)
+        assert all(answers)
+        with pytest.raises(InputError):
+            C.answer(llava, [], [])  # refused inside `preparing`
+        assert scheduler._preparing == 0
+    finally:
+        settings.prepare_wait_s, settings.rejoin_steps = saved
