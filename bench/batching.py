@@ -150,11 +150,12 @@ def spread(args: argparse.Namespace, sizes: list[int], engine, scheduled, C, con
     """Scheduler settings side by side when arrivals are spread over --spread-ms."""
     settings = engine.scheduler.settings
     variants = {
-        "static, no gathering": dict(gather_s=0.0, rejoin_steps=0),
-        "gather 30 ms": dict(gather_s=0.03, rejoin_steps=0),
-        "gather 100 ms": dict(gather_s=0.1, rejoin_steps=0),
-        "rejoin <= 4 steps": dict(gather_s=0.0, rejoin_steps=4),
-        "gather 30 ms + rejoin 4 (default)": dict(gather_s=0.03, rejoin_steps=4),
+        "static, no gathering": dict(gather_s=0.0, rejoin_steps=0, prepare_wait_s=0.0),
+        "gather 30 ms": dict(gather_s=0.03, rejoin_steps=0, prepare_wait_s=0.0),
+        "gather 100 ms": dict(gather_s=0.1, rejoin_steps=0, prepare_wait_s=0.0),
+        "rejoin <= 4 steps": dict(gather_s=0.0, rejoin_steps=4, prepare_wait_s=0.0),
+        "gather 30 ms + rejoin 4": dict(gather_s=0.03, rejoin_steps=4, prepare_wait_s=0.0),
+        "+ wait 0.2 s for those prepared (default)": dict(gather_s=0.03, rejoin_steps=4, prepare_wait_s=0.2),
     }
     spread_s = args.spread_ms / 1000
     for n in sizes:

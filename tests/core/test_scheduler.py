@@ -373,21 +373,26 @@ def test_requests_still_being_prepared_join_the_batch_that_starts(llava: Engine)
     settings.prepare_wait_s, settings.rejoin_steps = 5.0, 0  # only the wait may bring them together
     rows = _rows(llava, _requests())
     barrier = threading.Barrier(len(rows))
+    errors: list[BaseException] = []
 
     def ask(row: Row, delay_s: float) -> None:
-        barrier.wait()
-        with scheduler.preparing():
-            time.sleep(delay_s)  # the processor, slow under a class's load
-            scheduler.submit(row)
+        try:
+            with scheduler.preparing() as ticket:  # all four announced before any submits
+                barrier.wait(timeout=30)
+                time.sleep(delay_s)  # the processor, slow under a class's load
+                ticket.submit(row)
+        except BaseException as err:  # noqa: BLE001 - reported below, not lost in the thread
+            errors.append(err)
 
     try:
         before = scheduler.batches
         threads = [threading.Thread(target=ask, args=(row, 0.0 if i == 0 else 0.3)) for i, row in enumerate(rows)]
         for t in threads:
             t.start()
-        answers = [_tokens(row) for row in rows]
         for t in threads:
-            t.join(30)
+            t.join(60)
+        assert not errors and not any(t.is_alive() for t in threads), errors
+        answers = [_tokens(row) for row in rows]
         assert scheduler.batches == before + 1 and scheduler.last_batch_size == len(rows)
         assert all(answers)
         with pytest.raises(InputError):

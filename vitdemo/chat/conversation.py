@@ -231,17 +231,16 @@ def stream_answer(
     gen = gen.within_model_cap(engine.model)
     stats = stats if stats is not None else AnswerStats()
     started = time.perf_counter()
+    text = _Detokenizer(getattr(engine.processor, "tokenizer", engine.processor))
     scheduler = engine.scheduler
-    with scheduler.preparing():  # others of a class that ask with it wait for this one's batch
+    with scheduler.preparing() as ticket:  # a crowded dispatcher waits for it before starting a batch
         inputs = build_inputs(engine.processor, conversation, images)
         n_input = int(inputs["input_ids"].shape[-1])
         stats.input_tokens = n_input
         check_context(engine.model, engine.processor, conversation, images, n_input)
-        row = Row(inputs, max_new_tokens=gen.max_new_tokens, temperature=gen.temperature, top_p=gen.top_p,
-                  seed=gen.seed, repetition_penalty=gen.repetition_penalty, adapter=adapter,
-                  stop_event=stop_event)
-        scheduler.submit(row)
-    text = _Detokenizer(getattr(engine.processor, "tokenizer", engine.processor))
+        row = ticket.submit(Row(inputs, max_new_tokens=gen.max_new_tokens, temperature=gen.temperature,
+                                top_p=gen.top_p, seed=gen.seed, repetition_penalty=gen.repetition_penalty,
+                                adapter=adapter, stop_event=stop_event))
     try:
         for ids in row.tokens():
             piece = text.add(ids)

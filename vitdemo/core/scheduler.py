@@ -1,7 +1,8 @@
 """The batching scheduler: requests waiting for the model run as one batched `generate`.
 
-A caller processes its own request (chat template, processor: errors stay its own),
-then `submit`s it and reads its tokens from the returned Row. A dispatcher thread (one
+A caller processes its own request (chat template, processor: errors stay its own)
+inside `with scheduler.preparing() as ticket:`, then `ticket.submit(row)`s it and reads
+its tokens from the Row. A dispatcher thread (one
 per engine, idle threads exit) takes the model lock, which is first-come first-served,
 so an attention capture waiting for it gets its turn between two batches, then takes
 every waiting request (up to `max_batch_size`) and runs them as one left-padded
@@ -10,12 +11,12 @@ tokens and ends on its own (vitdemo.core.batch_control); the batch ends with its
 row: batches are static, new requests wait for the next one (docs/reliability.md has
 the figures behind that choice).
 
-When several users are active (a request arrived while another was waiting or
-running, in the last `crowd_memory_s`), the dispatcher gathers for `gather_s` after
-the model frees up, so that requests arriving a moment apart share a batch, and for as
-long as requests that have announced themselves (`preparing`: their caller is still
-running the processor) are on their way, up to `prepare_wait_s`. A user alone never
-waits for either. A batch that has made at most `rejoin_steps` tokens
+When several users are active (in the last `crowd_memory_s`, a request arrived while
+another was waiting or running, or two were being prepared at once), the dispatcher
+gathers for `gather_s` after the model frees up, so that requests arriving a moment
+apart share a batch; and while requests are still being prepared (announced by
+`preparing`), it waits for them until the oldest waiting request has waited
+`prepare_wait_s`. A user alone never waits for either. A batch that has made at most `rejoin_steps` tokens
 restarts with the requests that arrived since it began when they are at least as many
 as its rows: the first student of a class starts at once, and the rest join at the next
 step instead of waiting for the whole answer. A restarted row repeats its tokens (the
@@ -55,11 +56,12 @@ class SchedulerSettings:
 
     max_batch_size: int = 32  # rows in one generate; a class of 30 fits in one batch
     gather_s: float = 0.03  # wait this long for more requests once the model is free, if crowded
-    crowd_memory_s: float = 5.0  # "crowded" = two requests were open at once this recently
+    crowd_memory_s: float = 5.0  # "crowded" = two requests were open (or being prepared) at once this recently
     idle_exit_s: float = 30.0  # the dispatcher thread exits after this long without requests
-    # While crowded, also wait (up to this long after the model frees up) for requests whose
-    # callers are still preparing them: a class whose processing the interpreter serialises
-    # otherwise leaves in two batches (e.g. 19 then 11), the second waiting for the first.
+    # While crowded, also wait for requests whose callers are still preparing them, until the
+    # oldest waiting request has waited this long: a class whose processing the interpreter
+    # serialises otherwise leaves in two batches (e.g. 19 then 11), the second waiting for
+    # the first.
     prepare_wait_s: float = 0.2
     # A young batch restarts with the requests that arrived since it began, if they are at
     # least as many as its rows and it has made at most this many tokens (wasted work stays
@@ -157,6 +159,20 @@ class Row:
             batch.done.wait()
 
 
+class Ticket:
+    """A request announced by `Scheduler.preparing`, to be submitted once."""
+
+    def __init__(self, scheduler: "Scheduler") -> None:
+        self.scheduler = scheduler
+        self.used = False
+
+    def submit(self, row: Row) -> Row:
+        if self.used:
+            raise RuntimeError("a ticket submits one request")
+        self.used = True
+        return self.scheduler.submit(row, prepared=True)
+
+
 @dataclass
 class _Batch:
     rows: list[Row]
@@ -171,7 +187,7 @@ class Scheduler:
         self.settings = settings or SchedulerSettings()
         self._cond = threading.Condition()
         self._pending: list[Row] = []
-        self._preparing = 0  # requests announced by `preparing` and not yet submitted
+        self._preparing = 0  # requests inside `preparing` that have not submitted yet
         self._running = False
         self._last_crowd = float("-inf")
         self._thread: threading.Thread | None = None
@@ -179,23 +195,29 @@ class Scheduler:
         self.last_batch_size = 0
 
     @contextlib.contextmanager
-    def preparing(self) -> Iterator[None]:
-        """Around a caller's processing of a request it will submit: while crowded, the
-        dispatcher waits for it (up to `prepare_wait_s`) before it starts a batch."""
+    def preparing(self) -> Iterator[Ticket]:
+        """Around a caller's processing of a request; submit it with `ticket.submit(row)`.
+        While crowded, the dispatcher waits for it (see `prepare_wait_s`) before it starts
+        a batch. Leaving without submitting (the request was refused) withdraws it."""
         with self._cond:
             self._preparing += 1
             if self._pending or self._running or self._preparing > 1:
                 self._last_crowd = time.monotonic()
+        ticket = Ticket(self)
         try:
-            yield
+            yield ticket
         finally:
-            with self._cond:
-                self._preparing -= 1
-                self._cond.notify_all()
+            if not ticket.used:
+                with self._cond:
+                    self._preparing -= 1
+                    self._cond.notify_all()
 
-    def submit(self, row: Row) -> Row:
-        """Queue `row` for the next batch; read its tokens with `row.tokens()`."""
+    def submit(self, row: Row, *, prepared: bool = False) -> Row:
+        """Queue `row` for the next batch; read its tokens with `row.tokens()`.
+        `prepared`: it was announced by `preparing` (use `Ticket.submit`)."""
         with self._cond:
+            if prepared:  # in the same critical section, so the dispatcher never sees neither
+                self._preparing -= 1
             if self._pending or self._running:
                 self._last_crowd = time.monotonic()
             self._pending.append(row)
@@ -258,22 +280,21 @@ class Scheduler:
 
     def _gather(self) -> None:
         """With the condition held: if users are crowding, wait `gather_s` for more requests,
-        and up to `prepare_wait_s` for requests still being prepared."""
+        and for requests still being prepared until the oldest waiting one has waited
+        `prepare_wait_s`."""
         s = self.settings
         if len(self._pending) > 1:
             self._last_crowd = time.monotonic()
         if time.monotonic() - self._last_crowd > s.crowd_memory_s or (s.gather_s <= 0 and s.prepare_wait_s <= 0):
             return
-        start = time.monotonic()
-        while len(self._pending) < s.max_batch_size:
-            waited = time.monotonic() - start
-            if self._preparing and waited < s.prepare_wait_s:
-                left = s.prepare_wait_s - waited
-            elif waited < s.gather_s:
-                left = s.gather_s - waited
-            else:
+        gather_end = time.monotonic() + s.gather_s
+        while self._pending and len(self._pending) < s.max_batch_size:
+            now = time.monotonic()
+            prepare_end = self._pending[0].arrived + s.prepare_wait_s
+            end = max(gather_end, prepare_end) if self._preparing else gather_end
+            if now >= end:
                 break
-            self._cond.wait(left)
+            self._cond.wait(end - now)
 
     def _finish_batch(self, batch: _Batch, err: BaseException | None) -> None:
         """Release the model, end rows left unended, and mark the batch done."""
