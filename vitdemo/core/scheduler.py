@@ -162,7 +162,7 @@ class Row:
 class Ticket:
     """A request announced by `Scheduler.preparing`, to be submitted once."""
 
-    def __init__(self, scheduler: "Scheduler") -> None:
+    def __init__(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
         self.used = False
 
@@ -216,7 +216,7 @@ class Scheduler:
         """Queue `row` for the next batch; read its tokens with `row.tokens()`.
         `prepared`: it was announced by `preparing` (use `Ticket.submit`)."""
         with self._cond:
-            if prepared:  # in the same critical section, so the dispatcher never sees neither
+            if prepared:  # with the append: the dispatcher sees it announced or queued, never neither
                 self._preparing -= 1
             if self._pending or self._running:
                 self._last_crowd = time.monotonic()
