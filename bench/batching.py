@@ -165,7 +165,7 @@ def spread(args: argparse.Namespace, sizes: list[int], engine, scheduled, C, con
         one = time.perf_counter() - start
         print(f"N={n}, arrivals over {args.spread_ms:.0f} ms; one answer alone {one:.2f} s, "
               f"N one at a time ~{n * one:.1f} s")
-        print(f"  {'setting':<36} {'last answer s':>14} {'p95 wait s':>11} {'p95 / alone':>12}")
+        print(f"  {'setting':<42} {'last answer s':>14} {'p95 wait s':>11} {'p95 / alone':>12}")
         for name, values in variants.items():
             for key, value in values.items():
                 setattr(settings, key, value)
@@ -175,7 +175,7 @@ def spread(args: argparse.Namespace, sizes: list[int], engine, scheduled, C, con
                 totals.append(total)
                 p95s.append(sorted(waits)[max(0, int(round(0.95 * len(waits))) - 1)])
             t, p = statistics.median(totals), statistics.median(p95s)
-            print(f"  {name:<36} {t:>14.2f} {p:>11.2f} {p / one:>12.1f}", flush=True)
+            print(f"  {name:<42} {t:>14.2f} {p:>11.2f} {p / one:>12.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -368,6 +368,7 @@ def test_requests_still_being_prepared_join_the_batch_that_starts(llava: Engine)
     4 here, where the first would otherwise leave alone), and a request refused while being
     prepared does not leave the dispatcher waiting for it."""
     scheduler = llava.scheduler
+    assert scheduler.pending() == 0 and scheduler._preparing == 0  # nothing left by another test
     settings = scheduler.settings
     saved = settings.prepare_wait_s, settings.rejoin_steps
     settings.prepare_wait_s, settings.rejoin_steps = 5.0, 0  # only the wait may bring them together

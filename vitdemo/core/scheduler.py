@@ -208,6 +208,7 @@ class Scheduler:
             yield ticket
         finally:
             if not ticket.used:
+                ticket.used = True  # withdrawn: a late submit through it is refused, not counted twice
                 with self._cond:
                     self._preparing -= 1
                     self._cond.notify_all()
@@ -220,10 +221,16 @@ class Scheduler:
                 self._preparing -= 1
             if self._pending or self._running:
                 self._last_crowd = time.monotonic()
+            row.arrived = time.monotonic()  # queued now: the prepare wait counts from here
             self._pending.append(row)
             if self._thread is None:
-                self._thread = threading.Thread(target=self._dispatch, name="vitdemo-scheduler", daemon=True)
-                self._thread.start()
+                thread = threading.Thread(target=self._dispatch, name="vitdemo-scheduler", daemon=True)
+                try:
+                    thread.start()
+                except BaseException:
+                    self._pending.remove(row)  # nobody would ever run it
+                    raise
+                self._thread = thread
             self._cond.notify_all()
         return row
 
@@ -248,6 +255,8 @@ class Scheduler:
                         self._thread = None
                         return
                 self._gather()
+                if not self._pending:  # every waiting request was cancelled meanwhile
+                    continue
             if not self.engine.lock.acquire(timeout=self.engine.lock_timeout_s):
                 with self._cond:
                     rows, self._pending = self._pending, []
@@ -291,7 +300,7 @@ class Scheduler:
         while self._pending and len(self._pending) < s.max_batch_size:
             now = time.monotonic()
             prepare_end = self._pending[0].arrived + s.prepare_wait_s
-            end = max(gather_end, prepare_end) if self._preparing else gather_end
+            end = max(gather_end, prepare_end) if self._preparing > 0 else gather_end
             if now >= end:
                 break
             self._cond.wait(end - now)
