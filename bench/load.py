@@ -367,7 +367,7 @@ def paired_rounds(args: argparse.Namespace, n: int, floor_server: Server, measur
         settle([measured, floor_server])
         requests, cpu = timed_wave(measured, measured_clients, users, deadline, args.timeout_s)
         row = summarise(requests, refs, f"{label}, class of {n}, round {rnd}")
-        row.update(solo_s=round(solo, 3), floor_p95_s=floor["p95_s"], floor_p50_s=floor["p50_s"],
+        row.update(students=n, solo_s=round(solo, 3), floor_p95_s=floor["p95_s"], floor_p50_s=floor["p50_s"],
                    floor_refused=floor["refused"], floor_requests=floor["requests"],
                    floor_answered=floor["answered"], floor_solo_s=round(floor_solo, 3),
                    p95_over_floor=round(row["p95_s"] / floor["p95_s"], 2) if floor["p95_s"] else None,
@@ -490,7 +490,7 @@ def verdicts(results: list[dict[str, Any]]) -> list[tuple[str, bool]]:
     return out
 
 
-def floor_spread_summary(results: list[dict[str, Any]], classes: list[int]) -> int:
+def floor_spread_summary(results: list[dict[str, Any]]) -> int:
     """Print how far the floor's p95 moved against itself; 0 if every request of both
     servers, every turn of every student, was answered."""
     ratios = [r["p95_over_floor"] for r in results
@@ -498,9 +498,8 @@ def floor_spread_summary(results: list[dict[str, Any]], classes: list[int]) -> i
     if ratios:
         print(f"floor against floor: p95 ratio {min(ratios)}-{max(ratios)}x, "
               f"{sum(x <= 1.3 for x in ratios)} of {len(results)} rounds within 1.3x")
-    sizes = {f"class of {n},": 2 * n for n in classes}
-    complete = [r["requests"] == r["answered"] == r["floor_requests"] == r["floor_answered"]
-                == next(v for k, v in sizes.items() if k in r["scenario"]) for r in results]
+    complete = [r["requests"] == r["answered"] == r["floor_requests"] == r["floor_answered"] == 2 * r["students"]
+                for r in results]
     if not all(complete):
         print("FAIL  some requests were not answered (see the rows above)")
     return 0 if results and len(ratios) == len(results) and all(complete) else 1
@@ -549,7 +548,7 @@ def main() -> int:
         args.json.write_text(json.dumps({"commit": commit, "dirty": dirty, "light_clients": args.light_clients,
                                           "results": results}, indent=1))
     if args.part == "floor":  # a measurement of noise: nothing to pass, but every request must be answered
-        return floor_spread_summary(results, args.classes)
+        return floor_spread_summary(results)
     checks = verdicts(results)
     for text, ok in checks:
         print(f"{'PASS' if ok else 'FAIL'}  {text}")

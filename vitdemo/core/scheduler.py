@@ -2,8 +2,8 @@
 
 A caller processes its own request (chat template, processor: errors stay its own)
 inside `with scheduler.preparing() as ticket:`, then `ticket.submit(row)`s it and reads
-its tokens from the Row. A dispatcher thread (one
-per engine, idle threads exit) takes the model lock, which is first-come first-served,
+its tokens from the Row. A dispatcher thread (one per engine, idle threads exit) takes
+the model lock, which is first-come first-served,
 so an attention capture waiting for it gets its turn between two batches, then takes
 every waiting request (up to `max_batch_size`) and runs them as one left-padded
 `generate` on the generation thread (vitdemo.core.gen_thread). Each row streams its own
@@ -16,9 +16,9 @@ another was waiting or running, or two were being prepared at once), the dispatc
 gathers for `gather_s` after the model frees up, so that requests arriving a moment
 apart share a batch; and while requests are still being prepared (announced by
 `preparing`), it waits for them until the oldest waiting request has waited
-`prepare_wait_s`. A user alone never waits for either. A batch that has made at most `rejoin_steps` tokens
-restarts with the requests that arrived since it began when they are at least as many
-as its rows: the first student of a class starts at once, and the rest join at the next
+`prepare_wait_s`. A user alone never waits for either. A batch that has made at most
+`rejoin_steps` tokens restarts with the requests that arrived since it began when they
+are at least as many as its rows: the first student of a class starts at once, and the rest join at the next
 step instead of waiting for the whole answer. A restarted row repeats its tokens (the
 same ones: a batch gives the same answer) without sending them twice.
 
@@ -201,8 +201,7 @@ class Scheduler:
         a batch. Leaving without submitting (the request was refused) withdraws it."""
         with self._cond:
             self._preparing += 1
-            if self._pending or self._running or self._preparing > 1:
-                self._last_crowd = time.monotonic()
+            self._note_crowd(another_preparing=self._preparing > 1)
         ticket = Ticket(self)
         try:
             yield ticket
@@ -219,8 +218,7 @@ class Scheduler:
         with self._cond:
             if prepared:  # with the append: the dispatcher sees it announced or queued, never neither
                 self._preparing -= 1
-            if self._pending or self._running:
-                self._last_crowd = time.monotonic()
+            self._note_crowd()
             row.arrived = time.monotonic()  # queued now: the prepare wait counts from here
             self._pending.append(row)
             if self._thread is None:
@@ -233,6 +231,12 @@ class Scheduler:
                 self._thread = thread
             self._cond.notify_all()
         return row
+
+    def _note_crowd(self, another_preparing: bool = False) -> None:
+        """With the condition held: a request meeting another (waiting, running or being
+        prepared) means several users are active."""
+        if self._pending or self._running or another_preparing:
+            self._last_crowd = time.monotonic()
 
     def cancel(self, row: Row) -> None:
         """The consumer went away: end the row now if it is still waiting, else at the next step."""
