@@ -5,12 +5,15 @@ port (and the model and answer length for the "big" part): no queue-size overrid
 
 Part "classroom" (the default model): classes of --classes users (30 and 100) ask at the
 same moment through `/chat`, each with its own scene, then again with the history; for
---rounds rounds in a row. Reported per class: refused requests (a full queue), other
+--rounds rounds in a row. Reported per round: refused requests (a full queue), other
 errors, p50/p95 latency, answers equal to that user's answer asked alone (greedy, so a
 mix-up of images or histories shows; the distinct reference answers are counted so the
 check can be seen to be able to fail). Beside it, in the same run, the same class against
 a trivial Gradio endpoint with the same inputs and the same queue settings: Gradio's own
-floor on this machine. Target: the app's p95 within 1.3x of the floor's, 0 refused.
+floor on this machine. Targets: 0 refused and every answer equal to solo in every round;
+the app's p95 within 1.3x of the floor's over all of a class's rounds together (one more
+row per class; a single round's p95 rests on its few slowest requests and moves by itself,
+see part "floor"). Every row keeps its requests' latencies in the JSON.
 Each wave starts once both servers are idle, and its row also gives the CPU seconds the
 server process and this (client) process used during it (`server_cpu_s`, `client_cpu_s`,
 and the floor's), far steadier than latency on a shared machine.
@@ -343,7 +346,7 @@ def summarise(requests: list[Request], refs: list[tuple[str, ...]] | None, label
 
 def emit(results: list[dict[str, Any]], row: dict[str, Any]) -> None:
     results.append(row)
-    print(json.dumps(row), flush=True)
+    print(json.dumps({k: v for k, v in row.items() if not k.endswith("latencies_s")}), flush=True)
 
 
 # --- the parts --------------------------------------------------------------------------
@@ -353,11 +356,15 @@ def paired_rounds(args: argparse.Namespace, n: int, floor_server: Server, measur
                   results: list[dict[str, Any]]) -> list[Any]:
     """--rounds waves of `users` against the floor, then the same against `measured`, each
     wave once both servers are idle; one row per round with `measured`'s p95 over the
-    floor's. Returns the measured server's clients."""
+    floor's, then one row over all the rounds' requests together (`pooled_row`). Returns
+    the measured server's clients."""
     measured_clients = connect(measured.url, n, args.timeout_s, args.light_clients)
     floor_clients = connect(floor_server.url, n, args.timeout_s, args.light_clients)
     solo = solo_latency(measured_clients[0], users[0])
     floor_solo = solo_latency(floor_clients[0], users[0])
+    all_measured: list[Request] = []
+    all_floor: list[Request] = []
+    done = 0
     for rnd in range(1, args.rounds + 1):
         if time.monotonic() > deadline:
             break
@@ -366,15 +373,45 @@ def paired_rounds(args: argparse.Namespace, n: int, floor_server: Server, measur
         floor = summarise(floor_requests, None, "floor")
         settle([measured, floor_server])
         requests, cpu = timed_wave(measured, measured_clients, users, deadline, args.timeout_s)
+        all_measured += requests
+        all_floor += floor_requests
         row = summarise(requests, refs, f"{label}, class of {n}, round {rnd}")
-        row.update(students=n, solo_s=round(solo, 3), floor_p95_s=floor["p95_s"], floor_p50_s=floor["p50_s"],
-                   floor_refused=floor["refused"], floor_requests=floor["requests"],
-                   floor_answered=floor["answered"], floor_solo_s=round(floor_solo, 3),
-                   p95_over_floor=round(row["p95_s"] / floor["p95_s"], 2) if floor["p95_s"] else None,
+        row.update(students=n, solo_s=round(solo, 3), floor_solo_s=round(floor_solo, 3),
+                   **beside_floor(row, floor),
                    server_cpu_s=cpu["server"], client_cpu_s=cpu["client"],
-                   floor_server_cpu_s=floor_cpu["server"], floor_client_cpu_s=floor_cpu["client"])
+                   floor_server_cpu_s=floor_cpu["server"], floor_client_cpu_s=floor_cpu["client"],
+                   latencies_s=latencies(requests), floor_latencies_s=latencies(floor_requests))
         emit(results, row)
+        done = rnd
+    if done:
+        emit(results, pooled_row(all_measured, all_floor, refs, label, n, rounds=done))
     return measured_clients
+
+
+def beside_floor(row: dict[str, Any], floor: dict[str, Any]) -> dict[str, Any]:
+    """The floor's figures for a row, and the row's p95 over the floor's."""
+    return {"floor_p95_s": floor["p95_s"], "floor_p50_s": floor["p50_s"], "floor_refused": floor["refused"],
+            "floor_requests": floor["requests"], "floor_answered": floor["answered"],
+            "p95_over_floor": round(row["p95_s"] / floor["p95_s"], 2) if floor["p95_s"] else None}
+
+
+def latencies(requests: list[Request]) -> list[float]:
+    """Each answered request's latency, sorted (kept in the JSON so any statistic can be redone)."""
+    return sorted(round(r.latency, 4) for r in requests if r.error is None)
+
+
+def pooled_row(measured: list[Request], floor: list[Request], refs: list[tuple[str, ...]] | None, label: str,
+               n: int, rounds: int) -> dict[str, Any]:
+    """One class's requests of all its rounds together, beside the floor's of the same rounds.
+
+    The p95 of one round (60 requests for a class of 30) is nearly its third-slowest
+    request, so it moves a lot by itself: two identical trivial servers gave round ratios
+    of 0.76-1.37 (docs/reliability.md). Over all the rounds it rests on several times more
+    requests, and this row's ratio is the one held against the 1.3x target."""
+    row = summarise(measured, refs, f"{label}, class of {n}, all {rounds} rounds")
+    del row["wall_s"], row["answers_per_s"]  # the rounds' span includes the pauses between them
+    row.update(students=n, rounds=rounds, **beside_floor(row, summarise(floor, None, "floor")))
+    return row
 
 
 def part_classroom(args: argparse.Namespace, tmp: Path, deadline: float, results: list[dict[str, Any]]) -> None:
@@ -474,13 +511,18 @@ def start_finetune(home: Path, model: str) -> Any:
 
 
 def verdicts(results: list[dict[str, Any]]) -> list[tuple[str, bool]]:
+    """Every round of a class: 0 refused, 0 errors, all answers equal to solo. A class over
+    all its rounds: p95 within 1.3x the floor's (a round's own ratio is printed beside it)."""
     out = []
     for r in results:
-        if r["scenario"].startswith("classroom, class of") and "round" in r["scenario"]:
-            out.append((f"{r['scenario']}: 0 refused, 0 errors, all equal to solo, p95 <= 1.3x floor "
-                        f"({r['p95_over_floor']}x)",
-                        r["refused"] == 0 and r["other_errors"] == 0 and r["equal_to_solo"] == r["requests"]
-                        and (r["p95_over_floor"] or 99) <= 1.3))
+        if r["scenario"].startswith("classroom, class of") and "round " in r["scenario"]:
+            out.append((f"{r['scenario']}: 0 refused, 0 errors, all equal to solo "
+                        f"(p95 {r['p95_over_floor']}x floor this round alone)",
+                        r["refused"] == 0 and r["other_errors"] == 0 and r["equal_to_solo"] == r["requests"]))
+        elif r["scenario"].startswith("classroom, class of") and "rounds" in r["scenario"]:
+            out.append((f"{r['scenario']}: p95 <= 1.3x floor ({r['p95_over_floor']}x; "
+                        f"{r['answered']} requests, floor {r['floor_answered']})",
+                        (r["p95_over_floor"] or 99) <= 1.3 and r["answered"] == r["requests"]))
         elif r["scenario"] == "big LLaVA, 16 users":
             out.append((f"big 16 users: p95 <= 5x solo ({r['p95_over_solo']}x), all equal to solo",
                         r["p95_over_solo"] <= 5 and r["equal_to_solo"] == r["requests"]))
@@ -491,18 +533,22 @@ def verdicts(results: list[dict[str, Any]]) -> list[tuple[str, bool]]:
 
 
 def floor_spread_summary(results: list[dict[str, Any]]) -> int:
-    """Print how far the floor's p95 moved against itself; 0 if every request of both
-    servers, every turn of every student, was answered."""
-    ratios = [r["p95_over_floor"] for r in results
-              if r["p95_over_floor"] is not None and math.isfinite(r["p95_over_floor"])]
-    if ratios:
-        print(f"floor against floor: p95 ratio {min(ratios)}-{max(ratios)}x, "
-              f"{sum(x <= 1.3 for x in ratios)} of {len(results)} rounds within 1.3x")
-    complete = [r["requests"] == r["answered"] == r["floor_requests"] == r["floor_answered"] == 2 * r["students"]
-                for r in results]
+    """Print how far the floor's p95 moved against itself, round by round and over each
+    class's rounds together; 0 if every request of both servers, every turn of every
+    student, was answered."""
+    rounds = [r for r in results if "rounds" not in r]
+    for name, rows in (("rounds", rounds), ("classes over all their rounds", [r for r in results if "rounds" in r])):
+        ratios = [r["p95_over_floor"] for r in rows
+                  if r["p95_over_floor"] is not None and math.isfinite(r["p95_over_floor"])]
+        if ratios:
+            print(f"floor against floor, {name}: p95 ratio {min(ratios)}-{max(ratios)}x, "
+                  f"{sum(x <= 1.3 for x in ratios)} of {len(rows)} within 1.3x")
+    complete = [r["requests"] == r["answered"] == r["floor_requests"] == r["floor_answered"]
+                == 2 * r["students"] * r.get("rounds", 1) for r in results]
     if not all(complete):
         print("FAIL  some requests were not answered (see the rows above)")
-    return 0 if results and len(ratios) == len(results) and all(complete) else 1
+    finite = all(r["p95_over_floor"] is not None and math.isfinite(r["p95_over_floor"]) for r in results)
+    return 0 if rounds and finite and all(complete) else 1
 
 
 def main() -> int:
@@ -511,7 +557,7 @@ def main() -> int:
                         help="floor: the classroom part with a second trivial server in the app's place "
                              "(the measurement's own spread; not part of all)")
     parser.add_argument("--classes", type=int, nargs="+", default=[30, 100], help="class sizes (classroom part)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds in a row per class size")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds in a row per class size")
     parser.add_argument("--big-tokens", type=int, default=32, help="answer length of the ~76M LLaVA")
     parser.add_argument("--timeout-s", type=float, default=300.0, help="per request")
     parser.add_argument("--deadline-s", type=float, default=1800.0, help="whole run")
