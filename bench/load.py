@@ -46,6 +46,7 @@ import argparse
 import concurrent.futures
 import contextlib
 import functools
+import gc
 import json
 import logging
 import math
@@ -279,6 +280,29 @@ def wave(clients: list[Any], users: list[User], turns: int, deadline: float, tim
     return requests
 
 
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """No garbage collection in this process during a wave: collect before it, none inside.
+
+    This one process stands for a whole class's devices. With torch imported (the reference
+    answers) a full collection here walks hundreds of thousands of objects, stalling every
+    student's thread at once, inside whichever server's wave it happens to land: a round
+    whose client CPU doubled (0.58-0.70 s against 0.28) gave the app 1.85x and 2.56x when it
+    fell in the app's wave and the floor 0.57-0.65x when in the floor's."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def paused_wave(clients: list[Any], users: list[User], turns: int, deadline: float,
+                timeout_s: float) -> list[Request]:
+    with collector_paused():
+        return wave(clients, users, turns, deadline, timeout_s)
+
+
 def settle(servers: list[Server], window_s: float = 0.5, quiet_cpu_s: float = 0.03, timeout_s: float = 30.0) -> None:
     """Wait until no server is busy (each used under `quiet_cpu_s` of CPU in `window_s`), so
     a wave never shares the cores with work the other server is still finishing."""
@@ -295,8 +319,9 @@ def timed_wave(srv: Server, clients: list[Any], users: list[User], deadline: flo
                timeout_s: float) -> tuple[list[Request], dict[str, float]]:
     """A two-turn wave, with the CPU seconds the server process and this (client) process
     used during it: where the time of a wave goes, far less noisy than its latency."""
-    server_before, client_before = srv.cpu_s(), time.process_time()
-    requests = wave(clients, users, 2, deadline, timeout_s)
+    with collector_paused():
+        server_before, client_before = srv.cpu_s(), time.process_time()
+        requests = wave(clients, users, 2, deadline, timeout_s)
     cpu = {"server": round(srv.cpu_s() - server_before, 2), "client": round(time.process_time() - client_before, 2)}
     return requests, cpu
 
@@ -433,7 +458,7 @@ def part_classroom(args: argparse.Namespace, tmp: Path, deadline: float, results
                 proc = start_finetune(tmp / "home-ft", model)
                 try:
                     time.sleep(10)  # past the runner's start-up, into training steps
-                    row = summarise(wave(app_clients, users, 2, deadline, args.timeout_s), refs,
+                    row = summarise(paused_wave(app_clients, users, 2, deadline, args.timeout_s), refs,
                                     f"classroom, class of {n}, while a fine-tune runs")
                     row["finetune_still_running"] = proc.poll() is None
                     emit(results, row)
@@ -482,13 +507,14 @@ def part_big(args: argparse.Namespace, tmp: Path, deadline: float, results: list
     with server(flags, tmp, "big") as srv:
         clients = connect(srv.url, 30, args.timeout_s, args.light_clients)
         solo = solo_latency(clients[0], users[0])
-        row = summarise(wave(clients[:16], users[:16], 1, deadline, args.timeout_s), refs, "big LLaVA, 16 users")
+        row = summarise(paused_wave(clients[:16], users[:16], 1, deadline, args.timeout_s), refs,
+                        "big LLaVA, 16 users")
         row.update(solo_s=round(solo, 3), p95_over_solo=round(row["p95_s"] / solo, 2), n_params=n_params)
         emit(results, row)
-        batched = summarise(wave(clients, users, 1, deadline, args.timeout_s), refs, "big LLaVA, 30 users")
+        batched = summarise(paused_wave(clients, users, 1, deadline, args.timeout_s), refs, "big LLaVA, 30 users")
     with server([*flags, "--concurrency", "1"], tmp, "big-serial") as srv:
         clients = connect(srv.url, 30, args.timeout_s, args.light_clients)
-        serial = summarise(wave(clients, users, 1, deadline, args.timeout_s), refs,
+        serial = summarise(paused_wave(clients, users, 1, deadline, args.timeout_s), refs,
                            "big LLaVA, 30 users, serial server (--concurrency 1)")
     batched.update(serial_answers_per_s=serial["answers_per_s"], serial_p95_s=serial["p95_s"],
                    serial_equal_to_solo=serial.get("equal_to_solo"),
