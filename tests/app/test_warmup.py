@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 from vitdemo.core.engine import Engine
 from vitdemo.core.loading import load_model
 from vitdemo.serving.warmup import warm_up
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_warm_up_answers_and_leaves_the_engine_free(tiny_llava_dir: Path) -> None:
@@ -26,3 +31,27 @@ def test_a_failing_warm_up_is_logged_not_raised(tiny_llava_dir: Path, monkeypatc
     monkeypatch.setattr("vitdemo.serving.warmup.stream_answer", broken)
     assert warm_up(engine) is None
     assert "warm-up answer failed" in caplog.text and "no memory for the warm-up" in caplog.text
+
+
+def _modules_gradio_event_guard_imports(warm: bool) -> list[str]:
+    """The modules Gradio's per-event matplotlib guard imports, in a fresh process (after
+    the start-up import when `warm`)."""
+    script = textwrap.dedent(f"""
+        import sys
+        from gradio.utils import MatplotlibBackendMananger  # what Gradio enters around every event
+        from vitdemo.serving.warmup import import_event_guard_modules
+        if {warm}:
+            assert import_event_guard_modules()
+        before = set(sys.modules)
+        with MatplotlibBackendMananger():
+            pass
+        print(" ".join(sorted(set(sys.modules) - before)))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.split()
+
+
+def test_after_start_up_the_first_event_imports_nothing_on_the_event_loop() -> None:
+    assert "matplotlib.pyplot" in _modules_gradio_event_guard_imports(warm=False)  # what the first question paid
+    assert _modules_gradio_event_guard_imports(warm=True) == []

@@ -1,8 +1,13 @@
-"""Warm the model up before the first students ask: one short batched answer at start.
+"""Warm the server up before the first students ask.
 
-The first answers after a server starts cost more than later ones (first calls into the
-processor, generation and the batching scheduler's code paths): on a quiet 2-core machine
-the first class of 30 waited 4.6 s at p95 where the next waited 2.0 s (docs/reliability.md).
+- `warm_up`: one short batched answer at start. The first answers after a server starts
+  cost more than later ones (first calls into the processor, generation and the batching
+  scheduler's code paths): on a quiet 2-core machine the first class of 30 waited 4.6 s at
+  p95 where the next waited 2.0 s (docs/reliability.md).
+- `import_event_guard_modules`: Gradio runs every event inside a guard that reads
+  matplotlib's backend; the first read imports matplotlib and pyplot (0.35-0.55 s here), on
+  the server's event loop, so the first question after start waited for it and every
+  request that arrived meanwhile with it.
 """
 
 from __future__ import annotations
@@ -20,6 +25,20 @@ log = logging.getLogger(__name__)
 
 WARMUP_ROWS = 2  # two at once, so the batched path (left padding, per-row streams) runs too
 WARMUP_TOKENS = 2
+
+
+def import_event_guard_modules() -> bool:
+    """Import now what Gradio's per-event matplotlib guard imports at the first event (it
+    reads the backend, which imports pyplot). False if matplotlib is not installed (the
+    guard then imports nothing either)."""
+    started = time.perf_counter()
+    try:
+        import matplotlib
+    except ImportError:
+        return False
+    matplotlib.get_backend()
+    log.debug("matplotlib imported for Gradio's event guard in %.2f s", time.perf_counter() - started)
+    return True
 
 
 def warm_up(engine: Engine) -> float | None:

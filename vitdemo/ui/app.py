@@ -25,7 +25,7 @@ from vitdemo.core.engine import Engine  # noqa: E402
 from vitdemo.errors import InputError, VitdemoError  # noqa: E402
 from vitdemo.paths import short_model_name  # noqa: E402
 from vitdemo.core.fallback import FALLBACK_DIRNAME  # noqa: E402
-from vitdemo.serving.warmup import warm_up  # noqa: E402
+from vitdemo.serving.warmup import import_event_guard_modules, warm_up  # noqa: E402
 from vitdemo.serving.long_lived import freeze_start_up_objects  # noqa: E402
 from vitdemo.ui import adapter_choice, api  # noqa: E402
 from vitdemo.ui.attention import create_attention_tab  # noqa: E402
@@ -154,6 +154,7 @@ def launch(demo: gr.Blocks, settings: Settings, **overrides: Any) -> Any:
         logger.info("model ready: %s", engine.describe())
         warm_up(engine)  # before the first class asks, not during its first wave
     if blocking:  # this process is the server: what it has built by now lives as long as it does
+        import_event_guard_modules()  # not on the event loop at the first question
         freeze_start_up_objects()
         demo.block_thread()
     return result
