@@ -145,6 +145,8 @@ def launch(demo: gr.Blocks, settings: Settings, **overrides: Any) -> Any:
         logger.debug("new sessions build their own block configs (Gradio's way)")
     if engine is not None:
         engine.start_loading()
+    if blocking:  # while the model loads, rather than on the event loop at the first question
+        import_event_guard_modules()
     if wait_for_model:
         try:
             engine.wait_loaded()
@@ -154,7 +156,6 @@ def launch(demo: gr.Blocks, settings: Settings, **overrides: Any) -> Any:
         logger.info("model ready: %s", engine.describe())
         warm_up(engine)  # before the first class asks, not during its first wave
     if blocking:  # this process is the server: what it has built by now lives as long as it does
-        import_event_guard_modules()  # not on the event loop at the first question
         freeze_start_up_objects()
         demo.block_thread()
     return result
