@@ -569,10 +569,16 @@ def verdicts(results: list[dict[str, Any]], rounds_asked: int) -> list[tuple[str
     return out
 
 
+def ratio_of(row: dict[str, Any]) -> float | None:
+    """A row's p95 over the floor's, or None when there is no finite one."""
+    ratio = row.get("p95_over_floor")
+    return ratio if ratio is not None and math.isfinite(ratio) else None
+
+
 def over(row: dict[str, Any], limit: float = 1.3) -> bool:
     """A row's p95 over `limit` times the floor's (or no ratio at all)."""
-    ratio = row.get("p95_over_floor")
-    return ratio is None or not math.isfinite(ratio) or ratio > limit
+    ratio = ratio_of(row)
+    return ratio is None or ratio > limit
 
 
 def floor_spread_summary(results: list[dict[str, Any]], rounds_asked: int) -> int:
@@ -581,8 +587,7 @@ def floor_spread_summary(results: list[dict[str, Any]], rounds_asked: int) -> in
     every turn of every student, was answered."""
     rounds = [r for r in results if "rounds" not in r]
     for name, rows in (("rounds", rounds), ("classes over all their rounds", [r for r in results if "rounds" in r])):
-        ratios = [r["p95_over_floor"] for r in rows
-                  if r["p95_over_floor"] is not None and math.isfinite(r["p95_over_floor"])]
+        ratios = [x for x in map(ratio_of, rows) if x is not None]
         if ratios:
             print(f"floor against floor, {name}: p95 ratio {min(ratios)}-{max(ratios)}x, "
                   f"{sum(x <= 1.3 for x in ratios)} of {len(rows)} within 1.3x")
@@ -591,7 +596,7 @@ def floor_spread_summary(results: list[dict[str, Any]], rounds_asked: int) -> in
     complete += [r["rounds"] == rounds_asked for r in results if "rounds" in r]
     if not all(complete):
         print("FAIL  some rounds did not run or some requests were not answered (see the rows above)")
-    finite = all(r["p95_over_floor"] is not None and math.isfinite(r["p95_over_floor"]) for r in results)
+    finite = all(ratio_of(r) is not None for r in results)
     return 0 if rounds and finite and all(complete) else 1
 
 

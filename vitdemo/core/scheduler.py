@@ -3,13 +3,12 @@
 A caller processes its own request (chat template, processor: errors stay its own)
 inside `with scheduler.preparing() as ticket:`, then `ticket.submit(row)`s it and reads
 its tokens from the Row. A dispatcher thread (one per engine, idle threads exit) takes
-the model lock, which is first-come first-served,
-so an attention capture waiting for it gets its turn between two batches, then takes
-every waiting request (up to `max_batch_size`) and runs them as one left-padded
-`generate` on the generation thread (vitdemo.core.gen_thread). Each row streams its own
-tokens and ends on its own (vitdemo.core.batch_control); the batch ends with its last
-row: batches are static, new requests wait for the next one (docs/reliability.md has
-the figures behind that choice).
+the model lock, which is first-come first-served, so an attention capture waiting for it
+gets its turn between two batches, then takes every waiting request (up to
+`max_batch_size`) and runs them as one left-padded `generate` on the generation thread
+(vitdemo.core.gen_thread). Each row streams its own tokens and ends on its own
+(vitdemo.core.batch_control); the batch ends with its last row: batches are static, new
+requests wait for the next one (docs/reliability.md has the figures behind that choice).
 
 When several users are active (in the last `crowd_memory_s`, a request arrived while
 another was waiting or running, or two were being prepared at once), the dispatcher
@@ -18,8 +17,8 @@ apart share a batch; and while requests are still being prepared (announced by
 `preparing`), it waits for them until the oldest waiting request has waited
 `prepare_wait_s`. A user alone never waits for either. A batch that has made at most
 `rejoin_steps` tokens restarts with the requests that arrived since it began when they
-are at least as many as its rows: the first student of a class starts at once, and the rest join at the next
-step instead of waiting for the whole answer. A restarted row repeats its tokens (the
+are at least as many as its rows: the first student of a class starts at once, and the
+rest join at the next step instead of waiting for the whole answer. A restarted row repeats its tokens (the
 same ones: a batch gives the same answer) without sending them twice.
 
 Faults: an out-of-memory error splits the batch in halves and retries them (a row
