@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import time
 from typing import Any, Callable, Iterator
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's chromium; never `playwright install`
@@ -59,15 +60,67 @@ def browser_page(width: int = 1280, height: int = 1000) -> Iterator[Any]:
             browser.close()
 
 
+UPLOAD_ATTEMPTS = 3
+RETRY_LOG = "upload-retries.log"  # in tests/artifacts/: every attempt that did not show its file
+
+
 def upload_file(page: Any, box: str, path: Any, wait_ms: int = 45_000) -> None:
     """Put `path` into the file box `#box` and wait until the box names it. An upload the page
-    dropped (one made while the page was still wiring its events) is made once more."""
+    dropped (one made while the page was still wiring its events) is made again. Each attempt
+    that fails is written down with what the page sent and got back (tests/artifacts/), and the
+    error says the same when none shows the file: the cause of rare misses in full-suite runs
+    is not known yet."""
     name = str(path).rsplit("/", 1)[-1]
-    for attempt in range(2):
-        page.locator(f"#{box} input[type=file]").set_input_files(str(path))
-        try:
-            page.locator(f"#{box}").get_by_text(name).first.wait_for(timeout=wait_ms)
-            return
-        except Exception:  # noqa: BLE001 - playwright's TimeoutError: try the upload once more
-            if attempt:
-                raise
+    seen: list[str] = []  # the page's upload traffic, failed requests and console errors, in order
+
+    def note(text: str) -> None:
+        seen.append(f"{time.strftime('%H:%M:%S')} {text}")
+
+    def on_request(req: Any) -> None:
+        if "/upload" in req.url:
+            note(f"-> {req.method} {req.url.split('/gradio_api', 1)[-1]}")
+
+    def on_response(resp: Any) -> None:
+        if "/upload" in resp.url:
+            note(f"<- {resp.status} {resp.url.split('/gradio_api', 1)[-1]}")
+
+    def on_failed(req: Any) -> None:
+        note(f"failed {req.method} {req.url.split('/gradio_api', 1)[-1]}: {req.failure}")
+
+    def on_console(msg: Any) -> None:
+        if msg.type in ("error", "warning"):
+            note(f"console {msg.type}: {msg.text[:300]}")
+
+    handlers = {"request": on_request, "response": on_response, "requestfailed": on_failed, "console": on_console}
+    for event, handler in handlers.items():
+        page.on(event, handler)
+    try:
+        for attempt in range(1, UPLOAD_ATTEMPTS + 1):
+            note(f"set_input_files, attempt {attempt}")
+            page.locator(f"#{box} input[type=file]").set_input_files(str(path))
+            try:
+                page.locator(f"#{box}").get_by_text(name).first.wait_for(timeout=wait_ms)
+                return
+            except Exception:  # noqa: BLE001 - playwright's TimeoutError: record it, try again
+                shown = page.locator(f"#{box}").inner_text(timeout=5000)
+                toasts = page.locator(".toast-body").all_inner_texts()
+                tabs = page.locator("[role=tab][aria-selected=true]").all_inner_texts()
+                what = (f"the file box #{box} did not name {name} in {wait_ms / 1000:.0f} s (attempt {attempt}); "
+                        f"box visible: {page.locator(f'#{box}').is_visible()}; it shows {shown!r}; "
+                        f"selected tabs: {tabs}; toasts: {toasts}; traffic: " + " | ".join(seen))
+                _record_retry(page, box, attempt, what)
+                if attempt == UPLOAD_ATTEMPTS:
+                    raise AssertionError(what) from None
+    finally:
+        for event, handler in handlers.items():
+            page.remove_listener(event, handler)
+
+
+def _record_retry(page: Any, box: str, attempt: int, what: str) -> None:
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "artifacts"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / RETRY_LOG, "a", encoding="utf-8") as log:
+        log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {what}\n")
+    page.screenshot(path=str(folder / f"upload-retry-{box}-{attempt}.png"), full_page=True)
