@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's chromium; never `playwright install`
@@ -60,16 +61,27 @@ def browser_page(width: int = 1280, height: int = 1000) -> Iterator[Any]:
             browser.close()
 
 
-UPLOAD_ATTEMPTS = 3
-RETRY_LOG = "upload-retries.log"  # in tests/artifacts/: every attempt that did not show its file
+UPLOAD_ATTEMPTS = 2
+RETRY_LOG = "upload-retries.log"  # in tests/artifacts/: every attempt whose file was not listed
+
+
+# The box names a finished file in two spans (stem, extension), so its whole name as text is
+# only seen while the upload runs; the file's cell carries it whole as its aria-label.
+LISTED_COUNT_JS = """([box, name]) => Array.from(document.querySelectorAll(`#${box} td.filename`))
+    .filter(td => td.getAttribute('aria-label') === name).length"""
+UPLOADED_JS = """([box, name, before]) => {
+  const el = document.getElementById(box);
+  const listed = Array.from(el.querySelectorAll('td.filename')).filter(td => td.getAttribute('aria-label') === name);
+  return listed.length > before && !el.querySelector('.uploading');
+}"""
 
 
 def upload_file(page: Any, box: str, path: Any, wait_ms: int = 45_000) -> None:
-    """Put `path` into the file box `#box` and wait until the box names it. An upload the page
-    dropped (one made while the page was still wiring its events) is made again. Each attempt
-    that fails is written down with what the page sent and got back (tests/artifacts/), and the
-    error says the same when none shows the file: the cause of rare misses in full-suite runs
-    is not known yet."""
+    """Put `path` into the file box `#box` (one that takes several files: each upload adds to its
+    list) and wait until the box lists one more copy of it and no upload runs. An upload
+    whose file is not listed is made once more; each such miss is written down with what the
+    page sent and got back, a screenshot beside it (tests/artifacts/), and the error says the
+    same when no attempt is listed."""
     name = str(path).rsplit("/", 1)[-1]
     seen: list[str] = []  # the page's upload traffic, failed requests and console errors, in order
 
@@ -97,15 +109,16 @@ def upload_file(page: Any, box: str, path: Any, wait_ms: int = 45_000) -> None:
     try:
         for attempt in range(1, UPLOAD_ATTEMPTS + 1):
             note(f"set_input_files, attempt {attempt}")
+            before = page.evaluate(LISTED_COUNT_JS, [box, name])
             page.locator(f"#{box} input[type=file]").set_input_files(str(path))
             try:
-                page.locator(f"#{box}").get_by_text(name).first.wait_for(timeout=wait_ms)
+                page.wait_for_function(UPLOADED_JS, arg=[box, name, before], timeout=wait_ms)
                 return
             except Exception:  # noqa: BLE001 - playwright's TimeoutError: record it, try again
                 shown = page.locator(f"#{box}").inner_text(timeout=5000)
                 toasts = page.locator(".toast-body").all_inner_texts()
                 tabs = page.locator("[role=tab][aria-selected=true]").all_inner_texts()
-                what = (f"the file box #{box} did not name {name} in {wait_ms / 1000:.0f} s (attempt {attempt}); "
+                what = (f"the file box #{box} did not list {name} in {wait_ms / 1000:.0f} s (attempt {attempt}); "
                         f"box visible: {page.locator(f'#{box}').is_visible()}; it shows {shown!r}; "
                         f"selected tabs: {tabs}; toasts: {toasts}; traffic: " + " | ".join(seen))
                 _record_retry(page, box, attempt, what)
@@ -117,8 +130,6 @@ def upload_file(page: Any, box: str, path: Any, wait_ms: int = 45_000) -> None:
 
 
 def _record_retry(page: Any, box: str, attempt: int, what: str) -> None:
-    from pathlib import Path
-
     folder = Path(__file__).resolve().parents[1] / "artifacts"
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / RETRY_LOG, "a", encoding="utf-8") as log:
