@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -62,15 +64,16 @@ def browser_page(width: int = 1280, height: int = 1000) -> Iterator[Any]:
 
 
 UPLOAD_ATTEMPTS = 2
-RETRY_LOG = "upload-retries.log"  # in tests/artifacts/: every attempt whose file was not listed
+MISS_LOG = "upload-misses.log"  # in tests/artifacts/: every attempt whose file was not listed
 
-
-# The box names a finished file in two spans (stem, extension), so its whole name as text is
-# only seen while the upload runs; the file's cell carries it whole as its aria-label.
+# The box names a finished file in two spans with a space between (stem, extension), so its
+# whole name as text is only seen while the upload runs; the file's cell carries it whole as
+# its aria-label.
 LISTED_COUNT_JS = """([box, name]) => Array.from(document.querySelectorAll(`#${box} td.filename`))
     .filter(td => td.getAttribute('aria-label') === name).length"""
 UPLOADED_JS = """([box, name, before]) => {
   const el = document.getElementById(box);
+  if (!el) return false;
   const listed = Array.from(el.querySelectorAll('td.filename')).filter(td => td.getAttribute('aria-label') === name);
   return listed.length > before && !el.querySelector('.uploading');
 }"""
@@ -78,10 +81,12 @@ UPLOADED_JS = """([box, name, before]) => {
 
 def upload_file(page: Any, box: str, path: Any, wait_ms: int = 45_000) -> None:
     """Put `path` into the file box `#box` (one that takes several files: each upload adds to its
-    list) and wait until the box lists one more copy of it and no upload runs. An upload
-    whose file is not listed is made once more; each such miss is written down with what the
-    page sent and got back, a screenshot beside it (tests/artifacts/), and the error says the
-    same when no attempt is listed."""
+    list) and wait until the box lists one more copy of it and no upload runs. An upload whose
+    file is not listed in time is made once more. Each such miss is written down with what the
+    page sent and got back and a screenshot (tests/artifacts/); when no attempt's file is
+    listed, the AssertionError carries the last attempt's record."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     name = str(path).rsplit("/", 1)[-1]
     seen: list[str] = []  # the page's upload traffic, failed requests and console errors, in order
 
@@ -108,20 +113,18 @@ def upload_file(page: Any, box: str, path: Any, wait_ms: int = 45_000) -> None:
         page.on(event, handler)
     try:
         for attempt in range(1, UPLOAD_ATTEMPTS + 1):
-            note(f"set_input_files, attempt {attempt}")
-            before = page.evaluate(LISTED_COUNT_JS, [box, name])
-            page.locator(f"#{box} input[type=file]").set_input_files(str(path))
             try:
+                # a box still uploading shows its progress in place of the file input
+                page.locator(f"#{box} .uploading").wait_for(state="detached", timeout=wait_ms)
+                before = page.evaluate(LISTED_COUNT_JS, [box, name])
+                note(f"set_input_files, attempt {attempt}")
+                page.locator(f"#{box} input[type=file]").set_input_files(str(path))
                 page.wait_for_function(UPLOADED_JS, arg=[box, name, before], timeout=wait_ms)
                 return
-            except Exception:  # noqa: BLE001 - playwright's TimeoutError: record it, try again
-                shown = page.locator(f"#{box}").inner_text(timeout=5000)
-                toasts = page.locator(".toast-body").all_inner_texts()
-                tabs = page.locator("[role=tab][aria-selected=true]").all_inner_texts()
-                what = (f"the file box #{box} did not list {name} in {wait_ms / 1000:.0f} s (attempt {attempt}); "
-                        f"box visible: {page.locator(f'#{box}').is_visible()}; it shows {shown!r}; "
-                        f"selected tabs: {tabs}; toasts: {toasts}; traffic: " + " | ".join(seen))
-                _record_retry(page, box, attempt, what)
+            except PlaywrightTimeout as err:  # anything else (a closed page, a bad box id) is raised as it is
+                what = (f"the file box #{box} did not list {name} in time (attempt {attempt}: "
+                        f"{str(err).splitlines()[0]}); " + _page_state(page, box) + "; traffic: " + " | ".join(seen))
+                what += _record_miss(page, box, attempt, what)
                 if attempt == UPLOAD_ATTEMPTS:
                     raise AssertionError(what) from None
     finally:
@@ -129,9 +132,39 @@ def upload_file(page: Any, box: str, path: Any, wait_ms: int = 45_000) -> None:
             page.remove_listener(event, handler)
 
 
-def _record_retry(page: Any, box: str, attempt: int, what: str) -> None:
+def _page_state(page: Any, box: str) -> str:
+    """What the box and the page show, each part read on its own: one that cannot be read is
+    said so, and never hides the miss being recorded."""
+    parts = {
+        "box visible": lambda: page.locator(f"#{box}").is_visible(),
+        "it shows": lambda: repr(page.locator(f"#{box}").inner_text(timeout=5000)),
+        "selected tabs": lambda: page.locator("[role=tab][aria-selected=true]").all_inner_texts(),
+        "toasts": lambda: page.locator(".toast-body").all_inner_texts(),
+    }
+    shown = []
+    for label, read in parts.items():
+        try:
+            shown.append(f"{label}: {read()}")
+        except Exception as err:  # noqa: BLE001 - a part that cannot be read is named, not raised
+            shown.append(f"{label}: <unreadable: {type(err).__name__}>")
+    return "; ".join(shown)
+
+
+def _record_miss(page: Any, box: str, attempt: int, what: str) -> str:
+    """Append `what` to tests/artifacts/MISS_LOG beside a screenshot named after the test;
+    returns where the screenshot is, or why there is none."""
     folder = Path(__file__).resolve().parents[1] / "artifacts"
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / RETRY_LOG, "a", encoding="utf-8") as log:
-        log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {what}\n")
-    page.screenshot(path=str(folder / f"upload-retry-{box}-{attempt}.png"), full_page=True)
+    test = os.environ.get("PYTEST_CURRENT_TEST", "no-test").split(" ")[0]
+    shot = folder / f"upload-miss-{re.sub(r'[^A-Za-z0-9_.-]+', '_', test)}-{box}-{attempt}.png"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(shot), full_page=True, timeout=10_000)
+        where = f"; screenshot: {shot.name}"
+    except Exception as err:  # noqa: BLE001 - the miss is what matters; say why there is no picture
+        where = f"; no screenshot ({type(err).__name__})"
+    try:
+        with open(folder / MISS_LOG, "a", encoding="utf-8") as log:
+            log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {test}: {what}{where}\n")
+    except OSError as err:
+        where += f"; not logged ({err})"
+    return where
