@@ -552,14 +552,12 @@ def verdicts(results: list[dict[str, Any]], rounds_asked: int) -> list[tuple[str
             out.append((f"{r['scenario']}: 0 refused, 0 errors, all equal to solo ({alone})",
                         r["refused"] == 0 and r["other_errors"] == 0 and r["equal_to_solo"] == r["requests"]))
         elif classroom and "rounds" in r:
-            expected = 2 * r["students"] * rounds_asked
             rounds_over = sum(over(x) for x in results if "rounds" not in x and x.get("students") == r["students"]
                               and x["scenario"].startswith("classroom, class of"))
             out.append((f"{r['scenario']}: p95 <= 1.3x floor ({r['p95_over_floor']}x; {r['answered']} of "
-                        f"{expected} requests answered, floor {r['floor_answered']}; {rounds_over} of "
-                        f"{r['rounds']} rounds over 1.3x alone)",
-                        (r["p95_over_floor"] or 99) <= 1.3 and r["rounds"] == rounds_asked
-                        and r["answered"] == r["requests"] == r["floor_answered"] == r["floor_requests"] == expected))
+                        f"{2 * r['students'] * rounds_asked} requests answered, floor {r['floor_answered']}; "
+                        f"{rounds_over} of {r['rounds']} rounds over 1.3x alone)",
+                        not over(r) and all_answered(r, rounds_asked)))
         elif r["scenario"] == "big LLaVA, 16 users":
             out.append((f"big 16 users: p95 <= 5x solo ({r['p95_over_solo']}x), all equal to solo",
                         r["p95_over_solo"] <= 5 and r["equal_to_solo"] == r["requests"]))
@@ -581,6 +579,15 @@ def over(row: dict[str, Any], limit: float = 1.3) -> bool:
     return ratio is None or ratio > limit
 
 
+def all_answered(row: dict[str, Any], rounds_asked: int) -> bool:
+    """Every turn of every student answered by both servers; for a class over its rounds, also
+    every round asked run."""
+    rounds = row.get("rounds", 1)
+    answered = (row["requests"] == row["answered"] == row["floor_requests"] == row["floor_answered"]
+                == 2 * row["students"] * rounds)
+    return answered and ("rounds" not in row or rounds == rounds_asked)
+
+
 def floor_spread_summary(results: list[dict[str, Any]], rounds_asked: int) -> int:
     """Print how far the floor's p95 moved against itself, round by round and over each
     class's rounds together; 0 if every round asked ran and every request of both servers,
@@ -591,13 +598,11 @@ def floor_spread_summary(results: list[dict[str, Any]], rounds_asked: int) -> in
         if ratios:
             print(f"floor against floor, {name}: p95 ratio {min(ratios)}-{max(ratios)}x, "
                   f"{sum(x <= 1.3 for x in ratios)} of {len(rows)} within 1.3x")
-    complete = [r["requests"] == r["answered"] == r["floor_requests"] == r["floor_answered"]
-                == 2 * r["students"] * r.get("rounds", 1) for r in results]
-    complete += [r["rounds"] == rounds_asked for r in results if "rounds" in r]
-    if not all(complete):
+    complete = all(all_answered(r, rounds_asked) for r in results)
+    if not complete:
         print("FAIL  some rounds did not run or some requests were not answered (see the rows above)")
     finite = all(ratio_of(r) is not None for r in results)
-    return 0 if rounds and finite and all(complete) else 1
+    return 0 if rounds and finite and complete else 1
 
 
 def write_json(path: Path, header: dict[str, Any], results: list[dict[str, Any]]) -> None:

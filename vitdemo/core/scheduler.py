@@ -18,8 +18,9 @@ apart share a batch; and while requests are still being prepared (announced by
 `prepare_wait_s`. A user alone never waits for either. A batch that has made at most
 `rejoin_steps` tokens restarts with the requests that arrived since it began when they
 are at least as many as its rows: the first student of a class starts at once, and the
-rest join at the next step instead of waiting for the whole answer. A restarted row repeats its tokens (the
-same ones: a batch gives the same answer) without sending them twice.
+rest join at the next step instead of waiting for the whole answer. A restarted row
+repeats its tokens (the same ones: a batch gives the same answer) without sending them
+twice.
 
 Faults: an out-of-memory error splits the batch in halves and retries them (a row
 that already streamed tokens skips what it has sent; its seed gives the same draw);
